@@ -1,0 +1,155 @@
+"""Apply the SQL migrations under db/migrations, once each, in file-name order.
+
+Each applied file is recorded with its SHA-256 in ``public.tokenbill_migrations``. Running again
+applies only new files; an applied file whose contents changed is an error (write a new
+migration instead). A session-level advisory lock makes concurrent runs wait for each other.
+
+Usage: ``python -m scripts.migrate [--database-url URL] [--status]``; the URL defaults to
+``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
+
+log = logging.getLogger("tokenbill.migrate")
+
+
+class MigrationError(RuntimeError):
+    """The database and the migration files disagree; a person must look."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Read ``NNNN_name.sql`` files in order; refuse duplicate version numbers."""
+    migrations: list[Migration] = []
+    seen: set[str] = set()
+    for path in sorted(directory.glob("*.sql")):
+        version, _, name = path.stem.partition("_")
+        if not version.isdigit() or not name:
+            raise MigrationError(f"{path.name}: expected NNNN_name.sql")
+        if version in seen:
+            raise MigrationError(f"{path.name}: version {version} used twice")
+        seen.add(version)
+        migrations.append(Migration(version, name, path.read_text(encoding="utf-8")))
+    return migrations
+
+
+def upgrade(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations; return the versions applied (empty when up to date)."""
+    applied_now: list[str] = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(%s)", [LOCK_KEY])
+        try:
+            conn.execute(
+                """
+                create table if not exists public.tokenbill_migrations (
+                    version text primary key,
+                    name text not null,
+                    checksum text not null,
+                    applied_at timestamptz not null default now())
+                """
+            )
+            applied = dict(
+                conn.execute("select version, checksum from public.tokenbill_migrations").fetchall()
+            )
+            for migration in discover(directory):
+                recorded = applied.get(migration.version)
+                if recorded is not None:
+                    if recorded != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.version}_{migration.name} was changed after "
+                            "it was applied; add a new migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted file content
+                    conn.execute(
+                        "insert into public.tokenbill_migrations (version, name, checksum)"
+                        " values (%s, %s, %s)",
+                        [migration.version, migration.name, migration.checksum],
+                    )
+                log.info("applied %s_%s", migration.version, migration.name)
+                applied_now.append(migration.version)
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", [LOCK_KEY])
+    return applied_now
+
+
+def status(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[tuple[str, str]]:
+    """List each migration file with 'applied', 'pending' or 'CHANGED'."""
+    with psycopg.connect(database_url) as conn:
+        exists = conn.execute("select to_regclass('public.tokenbill_migrations')").fetchone()
+        rows = (
+            conn.execute("select version, checksum from public.tokenbill_migrations").fetchall()
+            if exists and exists[0]
+            else []
+        )
+    applied = dict(rows)
+    result = []
+    for m in discover(directory):
+        state = "pending" if m.version not in applied else "applied"
+        if state == "applied" and applied[m.version] != m.checksum:
+            state = "CHANGED"
+        result.append((f"{m.version}_{m.name}", state))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--status", action="store_true", help="show what is applied and stop")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv()
+    except ImportError:  # pragma: no cover - python-dotenv is a runtime dependency
+        pass
+    url = (
+        args.database_url
+        or os.environ.get("MIGRATION_DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+    )
+    if not url:
+        print(
+            "set DATABASE_URL (or MIGRATION_DATABASE_URL) or pass --database-url", file=sys.stderr
+        )
+        return 2
+    if args.status:
+        for name, state in status(url):
+            print(f"{state:8} {name}")
+        return 0
+    try:
+        applied = upgrade(url)
+    except MigrationError as exc:
+        print(f"migration error: {exc}", file=sys.stderr)
+        return 1
+    print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""scripts/migrate.py: applies everything once, records checksums, refuses edited files."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from scripts import migrate
+
+
+@pytest.fixture
+def empty_db(admin_url: str) -> Iterator[str]:
+    name = f"tokenbill_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    yield make_conninfo(admin_url, dbname=name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"drop database {name} with (force)")
+
+
+def test_apply_on_empty_database_then_no_op(empty_db):
+    files = migrate.discover()
+    assert migrate.upgrade(empty_db) == [m.version for m in files]
+    assert migrate.upgrade(empty_db) == []
+    assert {state for _, state in migrate.status(empty_db)} == {"applied"}
+    with psycopg.connect(empty_db) as conn:
+        recorded = conn.execute(
+            "select version, checksum from public.tokenbill_migrations order by version"
+        ).fetchall()
+    assert recorded == [(m.version, m.checksum) for m in files]
+
+
+def test_changed_applied_file_is_an_error(empty_db, tmp_path: Path):
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, copy)
+    migrate.upgrade(empty_db, copy)
+    first = sorted(copy.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    with pytest.raises(migrate.MigrationError, match="changed after it was applied"):
+        migrate.upgrade(empty_db, copy)
+    assert ("0001_roles_and_schemas", "CHANGED") in migrate.status(empty_db, copy)
+
+
+def test_a_failing_migration_leaves_nothing_half_applied(empty_db, tmp_path: Path):
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, copy)
+    (copy / "9999_broken.sql").write_text("create table public.half (id int);\nselect 1/0;\n")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        migrate.upgrade(empty_db, copy)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("select to_regclass('public.half')").fetchone() == (None,)
+        versions = [r[0] for r in conn.execute("select version from public.tokenbill_migrations")]
+    assert "9999" not in versions and "0006" in versions
+
+
+def test_concurrent_runs_apply_each_migration_once(empty_db):
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate.upgrade(empty_db))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(len(r) for r in results) == [0, 0, 0, len(migrate.discover())]
+
+
+def test_bad_file_names_are_refused(tmp_path: Path):
+    (tmp_path / "init.sql").write_text("select 1;")
+    with pytest.raises(migrate.MigrationError):
+        migrate.discover(tmp_path)

@@ -1,0 +1,56 @@
+"""tokenbill: sell AI-agent tokens through Stripe Checkout and meter every agent request.
+
+``create_app()`` only wires things together: configuration, the database pool, extensions
+and one blueprint per area. Production: ``gunicorn "webapp:create_app()"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask
+
+from . import config, db, errors
+from .extensions import csrf, limiter, login_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app from the environment (or ``test_config`` overrides)."""
+    load_dotenv()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "frontend" / "templates"),
+        static_folder=str(ROOT / "frontend" / "static"),
+    )
+    app.config.from_mapping(config.from_env())
+    if test_config:
+        app.config.update(test_config)
+    if not app.config["DATABASE_URL"]:
+        raise RuntimeError("DATABASE_URL is not set (scripts/run sets one up for you)")
+
+    db.init_app(app)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    limiter.init_app(app)
+    errors.register(app)
+
+    from . import admin, agent, auth, billing, health, history, users, webhooks  # noqa: F401
+
+    for module in (health, auth, billing, webhooks, agent, history, admin):
+        app.register_blueprint(module.bp)
+
+    @app.context_processor
+    def inject_settings() -> dict[str, Any]:
+        return {"payments_simulated": app.config["PAYMENTS_SIMULATED"]}
+
+    return app
