@@ -1,0 +1,84 @@
+# shellcheck shell=bash
+# Sourced by scripts/run and scripts/test, so that one command works on a fresh Debian machine:
+# - cds to the repo root and exports TOKENBILL_ROOT;
+# - creates .venv (python3 -m venv) and installs requirements-dev.txt into it, skipping pip
+#   while the stamp of the requirements' hash is current; puts .venv/bin first on PATH;
+# - with TOKENBILL_SYSTEM_PREREQS=1 (scripts/test), installs the Debian packages the test suite
+#   drives when they are missing and we are root: postgresql, chromium, golang-go.
+# Quiet on success; a failing step prints its output.
+
+TOKENBILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export TOKENBILL_ROOT
+cd "$TOKENBILL_ROOT" || return 1
+
+_tb_log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+# Run a command; show its output only when it fails.
+_tb_quiet() {
+  local out
+  if ! out="$("$@" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    _tb_log "FAILED: $*"
+    return 1
+  fi
+}
+
+_tb_apt_updated=0
+# apt-get install PACKAGES..., as root, with one apt-get update per shell.
+_tb_apt_install() {
+  if [[ $(id -u) -ne 0 ]]; then
+    _tb_log "missing system packages: $* (not root: run 'sudo apt-get install $*')"
+    return 1
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    _tb_log "missing system packages: $* (no apt-get on this machine)"
+    return 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if [[ $_tb_apt_updated -eq 0 ]]; then
+    _tb_quiet apt-get update -q || return 1
+    _tb_apt_updated=1
+  fi
+  _tb_log "installing system packages: $*"
+  _tb_quiet apt-get install -y -q "$@"
+}
+
+_tb_system_prereqs() {
+  local -a pkgs=()
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
+  [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
+  command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
+  if [[ ${#pkgs[@]} -gt 0 ]]; then
+    # Not fatal: PostgreSQL falls back to pgserver's binaries; the rest fails visibly in tests.
+    _tb_apt_install "${pkgs[@]}" || _tb_log "continuing without: ${pkgs[*]}"
+  fi
+  return 0
+}
+
+_tb_venv() {
+  local venv="$TOKENBILL_ROOT/.venv" py="${PYTHON:-python3}"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    # Debian's python3 needs python3-venv (ensurepip) before it can make a venv.
+    if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      _tb_apt_install python3-venv || return 1
+    fi
+    _tb_log "creating .venv with $("$py" --version 2>&1)"
+    _tb_quiet "$py" -m venv --clear "$venv" || return 1
+  fi
+  local stamp="$venv/.requirements.sha256" hash
+  hash="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
+    _tb_log "installing requirements-dev.txt into .venv (first run takes a minute)"
+    _tb_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+      -r requirements-dev.txt || return 1
+    printf '%s\n' "$hash" >"$stamp"
+  fi
+  export VIRTUAL_ENV="$venv"
+  export PATH="$venv/bin:$PATH"
+  hash -r
+}
+
+if [[ "${TOKENBILL_SYSTEM_PREREQS:-0}" == 1 ]]; then
+  _tb_system_prereqs
+fi
+_tb_venv || return 1
