@@ -13,7 +13,7 @@ def test_ledger_rows_cannot_be_updated_or_deleted_even_by_the_owner(owner, make_
     for statement in (
         "update tokenbill.ledger set delta = 1000",
         "delete from tokenbill.ledger",
-        "truncate tokenbill.ledger",
+        "truncate tokenbill.ledger cascade",
     ):
         with pytest.raises(psycopg.Error) as info:
             owner.execute(statement)

@@ -1,0 +1,120 @@
+"""Post low-balance alerts to ALERT_WEBHOOK_URL, signed like Stripe signs its webhooks.
+
+The alerts table is the outbox: each pass claims unsent alerts (``FOR UPDATE SKIP LOCKED``, so
+several notifiers never send one alert twice at once), posts each as JSON with a
+``Tokenbill-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`` header, and records
+success or the error; failed alerts stay in the outbox and are retried on the next pass.
+
+Usage: ``python -m scripts.alert_notifier [--once] [--interval SECONDS]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+log = logging.getLogger("tokenbill.alerts")
+
+
+def signature_header(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The Stripe-style signature of ``body``: ``t=<unix>,v1=<hex hmac>``."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def _payload(alert: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {
+            "type": "low_balance",
+            "alert_id": alert["id"],
+            "user_id": str(alert["user_id"]),
+            "email": alert["email"],
+            "balance": alert["balance"],
+            "threshold": alert["threshold"],
+            "created_at": alert["created_at"].isoformat(),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def post(url: str, secret: str, body: bytes, timeout: float = 10) -> None:
+    """POST one notification; raise on a non-2xx answer or a network error."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Tokenbill-Signature": signature_header(body, secret),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if not 200 <= response.status < 300:
+            raise urllib.error.HTTPError(url, response.status, "non-2xx", response.headers, None)
+
+
+def run_once(
+    database_url: str, url: str, secret: str, role: str = "tokenbill_app"
+) -> tuple[int, int]:
+    """Send every pending alert once; return (sent, failed)."""
+    sent = failed = 0
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        conn.execute(psycopg.sql.SQL("set role {}").format(psycopg.sql.Identifier(role)))
+        while True:
+            with conn.transaction():
+                batch = conn.execute("select * from api.claim_alert_notifications(20)").fetchall()
+                for alert in batch:
+                    error = None
+                    try:
+                        post(url, secret, _payload(alert))
+                    except (OSError, urllib.error.URLError) as exc:
+                        error = f"{type(exc).__name__}: {exc}"
+                        log.warning("alert %s not delivered: %s", alert["id"], error)
+                    conn.execute(
+                        "select api.finish_alert_notification(%s, %s)", [alert["id"], error]
+                    )
+                    sent, failed = (sent + 1, failed) if error is None else (sent, failed + 1)
+            if len(batch) < 20 or failed:
+                return sent, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from dotenv import load_dotenv
+
+    load_dotenv()
+    database_url = os.environ.get("DATABASE_URL", "")
+    url = os.environ.get("ALERT_WEBHOOK_URL", "")
+    secret = os.environ.get("ALERT_WEBHOOK_SECRET", "")
+    if not (database_url and url and secret):
+        print("set DATABASE_URL, ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET", file=sys.stderr)
+        return 2
+    role = os.environ.get("DATABASE_ROLE", "tokenbill_app")
+    while True:
+        sent, failed = run_once(database_url, url, secret, role)
+        if sent or failed:
+            log.info("alerts sent: %s, failed: %s", sent, failed)
+        if args.once:
+            return 0 if not failed else 1
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
