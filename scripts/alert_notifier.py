@@ -23,6 +23,7 @@ import urllib.request
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 log = logging.getLogger("tokenbill.alerts")
@@ -72,7 +73,7 @@ def run_once(
     """Send every pending alert once; return (sent, failed)."""
     sent = failed = 0
     with psycopg.connect(database_url, row_factory=dict_row) as conn:
-        conn.execute(psycopg.sql.SQL("set role {}").format(psycopg.sql.Identifier(role)))
+        conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
         while True:
             with conn.transaction():
                 batch = conn.execute("select * from api.claim_alert_notifications(20)").fetchall()

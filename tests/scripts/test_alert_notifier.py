@@ -57,7 +57,8 @@ def verify(header: str, body: bytes) -> bool:
 
 def pending(conn, user):
     return conn.execute(
-        "select count(*) as n from api.low_balance_alerts where user_id = %s and notified_at is null",
+        "select count(*) as n from api.low_balance_alerts"
+        " where user_id = %s and notified_at is null",
         [user],
     ).fetchone()["n"]
 
