@@ -44,10 +44,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     errors.register(app)
 
-    from . import admin, agent, auth, billing, health, history, users, webhooks  # noqa: F401
+    from . import admin, agent, auth, billing, health, history, metrics, users, webhooks  # noqa: F401
 
-    for module in (health, auth, billing, webhooks, agent, history, admin):
+    for module in (health, auth, billing, webhooks, agent, history, admin, metrics):
         app.register_blueprint(module.bp)
+    metrics.init_app(app)
 
     @app.context_processor
     def inject_settings() -> dict[str, Any]:
