@@ -1,0 +1,104 @@
+"""The Stripe SDK client, built from config, and the checkout fulfilment shared by every caller.
+
+The success page and ``scripts.reconcile`` both fulfil a Checkout Session through
+``fulfil_session``; the webhook reaches the same SQL (tokenbill.fulfil_checkout_session)
+through api.handle_stripe_event. Granting therefore happens once whichever arrives first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import stripe
+from flask import current_app
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "tokenbill_stripe"
+SESSION_EXPAND = ["payment_intent.latest_charge"]
+SESSION_EXPAND_FALLBACK = ["payment_intent"]
+
+
+def client_from_config(config: Mapping[str, Any]) -> stripe.StripeClient:
+    """Build a StripeClient; STRIPE_API_BASE points it at stripe-mock (or a test proxy)."""
+    key = config.get("STRIPE_SECRET_KEY") or ""
+    if not key:
+        raise RuntimeError("STRIPE_SECRET_KEY is not set")
+    api_base = config.get("STRIPE_API_BASE") or ""
+    if api_base:
+        return stripe.StripeClient(key, base_addresses={"api": api_base.rstrip("/")})
+    return stripe.StripeClient(key)
+
+
+def get_client() -> stripe.StripeClient:
+    """The current app's client, created on first use so apps without Stripe still start."""
+    client = current_app.extensions.get(EXTENSION_KEY)
+    if client is None:
+        client = client_from_config(current_app.config)
+        current_app.extensions[EXTENSION_KEY] = client
+    return client
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def to_json(obj: stripe.StripeObject) -> str:
+    """The object as Stripe sent it (raw body when available), ready for a jsonb parameter."""
+    response = getattr(obj, "last_response", None)
+    if response is not None and response.body:
+        return response.body
+    return json.dumps(obj.to_dict(recursive=True), default=_json_default)
+
+
+def retrieve_session(client: stripe.StripeClient, session_id: str) -> str:
+    """Fetch a Checkout Session with its PaymentIntent (and charge, for the receipt) as JSON."""
+    try:
+        session = client.v1.checkout.sessions.retrieve(
+            session_id, params={"expand": SESSION_EXPAND}
+        )
+    except stripe.InvalidRequestError as exc:
+        # Some API versions/fakes refuse the nested expand; the receipt link is optional.
+        log.info("expand %s refused (%s); retrying without the charge", SESSION_EXPAND, exc.code)
+        session = client.v1.checkout.sessions.retrieve(
+            session_id, params={"expand": SESSION_EXPAND_FALLBACK}
+        )
+    return to_json(session)
+
+
+def fulfil_session(
+    conn: psycopg.Connection, session_json: str, user_id: UUID | str
+) -> dict[str, Any]:
+    """Run the idempotent fulfilment for a session of ``user_id`` (TB002 if it is not theirs)."""
+    cur = conn.execute(
+        "select * from api.fulfil_checkout_session(%s::jsonb, %s::uuid)",
+        [session_json, str(user_id)],
+    )
+    row = cur.fetchone()
+    if row is None:  # pragma: no cover - the function always returns one row or raises
+        raise RuntimeError("api.fulfil_checkout_session returned no row")
+    if not isinstance(row, dict):
+        row = dict(zip([c.name for c in cur.description or []], row, strict=True))
+    return row
+
+
+def grant_verdict(result: Mapping[str, Any]) -> str:
+    """Name what fulfilment did, for people: granted, already granted, rejected or pending."""
+    detail = result.get("detail") or ""
+    if result.get("outcome") == "rejected":
+        return "rejected"
+    if detail.startswith("already_granted"):
+        return "already granted"
+    if detail.startswith("granted"):
+        return "granted"
+    if result.get("payment_status") == "unpaid":
+        return "pending"
+    return "skipped"
