@@ -1,7 +1,90 @@
-"""POST /api/webhook/stripe (filled in by the webhook work)."""
+"""POST /api/webhook/stripe: verify the signature, then hand the event to PostgreSQL once.
+
+The whole effect (inbox dedupe, grant, clawback) is api.handle_stripe_event in one transaction.
+We answer 200 only after it committed; any database trouble answers 500 so Stripe retries,
+because a 2xx with a lost grant could never be recovered from Stripe's side.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import logging
+
+import psycopg
+import stripe
+from flask import Blueprint, current_app, jsonify, request
+from psycopg_pool import PoolTimeout
+
+from .db import get_db
+from .extensions import csrf, limiter
 
 bp = Blueprint("webhooks", __name__)
+log = logging.getLogger(__name__)
+
+# Stripe waits ~20 s for an answer; better to fail fast and let it retry than to hang.
+DEFAULT_DB_TIMEOUT_SECONDS = 10.0
+FAILURE_RECORD_TIMEOUT_SECONDS = 2.0
+# Errors caused by the event itself: retrying the same body cannot help.
+PAYLOAD_SQLSTATES = {"TB003"}
+HANDLE_EVENT = "select * from api.handle_stripe_event(%s::jsonb)"
+
+
+def _reply(status: int, **body: object):
+    return jsonify(body), status
+
+
+@bp.post("/api/webhook/stripe")
+@csrf.exempt
+@limiter.exempt
+def stripe_webhook():
+    """Verify and apply one Stripe event."""
+    secret = current_app.config.get("STRIPE_WEBHOOK_SECRET") or ""
+    if not secret:
+        log.error("STRIPE_WEBHOOK_SECRET is not set: refusing webhook (events stay at Stripe)")
+        return _reply(500, error="webhook secret not configured")
+
+    payload = request.get_data()
+    signature = request.headers.get("Stripe-Signature")
+    if not signature:
+        log.warning("stripe webhook without a Stripe-Signature header")
+        return _reply(400, error="missing signature")
+    try:
+        evt = stripe.Webhook.construct_event(payload, signature, secret)
+    except stripe.SignatureVerificationError as exc:
+        log.warning("stripe webhook with an invalid signature: %s", exc.user_message or exc)
+        return _reply(400, error="invalid signature")
+    except (ValueError, AttributeError, TypeError):
+        # Verified bytes that are not a JSON object (UnicodeDecodeError is a ValueError).
+        log.warning("stripe webhook with a malformed payload (%d bytes)", len(payload))
+        return _reply(400, error="malformed payload")
+
+    body = payload.decode("utf-8")
+    event_id = getattr(evt, "id", None)
+    timeout = float(
+        current_app.config.get("WEBHOOK_DB_TIMEOUT_SECONDS", DEFAULT_DB_TIMEOUT_SECONDS)
+    )
+    try:
+        with get_db().pool.connection(timeout=timeout) as conn:
+            row = conn.execute(HANDLE_EVENT, [body]).fetchone()
+    except psycopg.Error as exc:
+        if exc.sqlstate in PAYLOAD_SQLSTATES or isinstance(exc, psycopg.errors.DataError):
+            log.warning("stripe event %s refused by the database: %s", event_id, exc)
+            return _reply(400, error="malformed event")
+        return _failed(body, event_id, exc)
+    except PoolTimeout as exc:
+        return _failed(body, event_id, exc)
+
+    assert row is not None  # the function always returns one row
+    log.info("stripe event %s: %s (%s)", row["event_id"], row["outcome"], row["detail"])
+    return _reply(200, received=True, outcome=row["outcome"], detail=row["detail"])
+
+
+def _failed(body: str, event_id: object, exc: Exception):
+    """Log, try to leave a trace in api.stripe_events, and ask Stripe to retry."""
+    error = f"{type(exc).__name__}: {exc}"
+    log.error("stripe event %s not handled, Stripe will retry: %s", event_id, error)
+    try:
+        with get_db().pool.connection(timeout=FAILURE_RECORD_TIMEOUT_SECONDS) as conn:
+            conn.execute("select api.record_stripe_event_failure(%s::jsonb, %s)", [body, error])
+    except (psycopg.Error, PoolTimeout) as record_exc:
+        log.warning("could not record the failure of event %s: %s", event_id, record_exc)
+    return _reply(500, error="event not processed; retry later")
