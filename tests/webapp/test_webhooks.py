@@ -20,10 +20,10 @@ import pytest
 import requests
 from flask import Flask
 from psycopg.conninfo import make_conninfo
-from werkzeug.serving import make_server
 
 from tests.conftest import WEBHOOK_SECRET, audit, balance_of
 from tests.support import stripe_events as ev
+from tests.support.servers import serve
 
 WEBHOOK = "/api/webhook/stripe"
 
@@ -167,12 +167,8 @@ def test_checkout_completed_grants_and_a_redelivery_is_a_duplicate(client, owner
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """The app behind a real threaded HTTP server on a free port."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    with serve(app) as url:
+        yield url
 
 
 def post_concurrently(url: str, bodies: list[tuple[bytes, str]]) -> list[requests.Response]:
@@ -482,6 +478,7 @@ RATE_LIMIT_SCRIPT = """
 import json, sys
 from webapp import create_app
 from tests.support import stripe_events as ev
+from tests.support.servers import serve
 cfg = json.loads(sys.argv[1])
 app = create_app(cfg)
 client = app.test_client()

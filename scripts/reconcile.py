@@ -1,0 +1,136 @@
+"""Grant paid Checkout Sessions whose webhook never arrived (or failed) — safe to run any time.
+
+    python -m scripts.reconcile [--since-hours 72]
+
+Lists recent complete Checkout Sessions from the Stripe API and runs, for each paid session
+that tokenbill created, the same idempotent fulfilment as the success page
+(api.fulfil_checkout_session, owner taken from our api.checkout_sessions row). Sessions we never
+recorded are reported, never granted. Reads DATABASE_URL, DATABASE_ROLE, STRIPE_SECRET_KEY and
+STRIPE_API_BASE from the environment (or .env). Exit status 1 when any session was rejected or
+failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import psycopg
+import stripe
+from dotenv import load_dotenv
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from webapp.stripe_gateway import client_from_config, fulfil_session, grant_verdict
+from webapp.stripe_gateway import retrieve_session as stripe_retrieve
+
+
+@dataclass(frozen=True)
+class Result:
+    session_id: str
+    verdict: str  # granted | already granted | rejected | pending | skipped | error
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.session_id}: {self.verdict}: {self.detail}"
+
+
+def reconcile_session(
+    conn: psycopg.Connection,
+    session_id: str,
+    payment_status: str | None,
+    fetch: Callable[[str], str],
+) -> Result:
+    """Fulfil one listed session if it is ours and paid; ``fetch`` returns its full JSON."""
+    row = conn.execute(
+        "select user_id from api.checkout_sessions where id = %s", [session_id]
+    ).fetchone()
+    if row is None:
+        return Result(session_id, "skipped", "not created by tokenbill")
+    if payment_status not in ("paid", "no_payment_required"):
+        return Result(session_id, "skipped", f"payment_status is {payment_status}")
+    user_id = row["user_id"] if isinstance(row, dict) else row[0]
+    try:
+        result = fulfil_session(conn, fetch(session_id), user_id)
+    except psycopg.Error as exc:
+        # One bad session must not stop the run; report it and carry on.
+        return Result(session_id, "error", f"{type(exc).__name__}: {exc}")
+    return Result(session_id, grant_verdict(result), result["detail"] or "")
+
+
+def listed_sessions(client: stripe.StripeClient, since: int) -> Iterable[Any]:
+    """Complete Checkout Sessions created since ``since`` (unix time), every page."""
+    page = client.v1.checkout.sessions.list(
+        params={"created": {"gte": since}, "status": "complete", "limit": 100}
+    )
+    return page.auto_paging_iter()
+
+
+def reconcile(
+    conn: psycopg.Connection,
+    client: stripe.StripeClient,
+    since_hours: float,
+    out: TextIO | None = None,
+) -> list[Result]:
+    """Reconcile every listed session, printing one line each and a summary."""
+    out = out or sys.stdout
+    since = int(time.time() - since_hours * 3600)
+    results = []
+    for session in listed_sessions(client, since):
+        result = reconcile_session(
+            conn,
+            session.id,
+            getattr(session, "payment_status", None),
+            lambda sid: stripe_retrieve(client, sid),
+        )
+        results.append(result)
+        print(result.line(), file=out)
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.verdict] = counts.get(result.verdict, 0) + 1
+    summary = ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())) or "nothing"
+    print(f"{len(results)} sessions since {since_hours:g} h: {summary}", file=out)
+    return results
+
+
+def connect(url: str, role: str) -> psycopg.Connection:
+    """Autocommit (each fulfilment is one statement, hence atomic), as the app's role."""
+    conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+    if role:
+        conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
+    return conn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    load_dotenv()
+    parser = argparse.ArgumentParser(prog="python -m scripts.reconcile", description=__doc__)
+    parser.add_argument("--since-hours", type=float, default=72.0)
+    args = parser.parse_args(argv)
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url:
+        print("error: DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    try:
+        client = client_from_config(os.environ)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with connect(url, os.environ.get("DATABASE_ROLE", "tokenbill_app")) as conn:
+            results = reconcile(conn, client, args.since_hours)
+    except stripe.StripeError as exc:
+        print(
+            f"error: Stripe API: {type(exc).__name__} (request {exc.request_id})", file=sys.stderr
+        )
+        return 1
+    return 1 if any(r.verdict in ("rejected", "error") for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
