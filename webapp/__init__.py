@@ -44,11 +44,24 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     errors.register(app)
 
-    from . import admin, agent, auth, billing, health, history, metrics, users, webhooks  # noqa: F401
+    from . import (  # noqa: F401
+        admin,
+        agent,
+        api_keys,
+        auth,
+        billing,
+        cli,
+        health,
+        history,
+        metrics,
+        users,
+        webhooks,
+    )
 
-    for module in (health, auth, billing, webhooks, agent, history, admin, metrics):
+    for module in (health, auth, billing, webhooks, agent, history, admin, metrics, api_keys):
         app.register_blueprint(module.bp)
     metrics.init_app(app)
+    cli.init_app(app)
 
     @app.context_processor
     def inject_settings() -> dict[str, Any]:

@@ -1,0 +1,72 @@
+"""Operator commands: ``flask --app webapp create-admin EMAIL`` and ``expire-agent-requests``.
+
+Making an admin is deliberately not something the web role can do (api.set_admin is not
+granted to tokenbill_app), so these commands connect with the operator's own login:
+MIGRATION_DATABASE_URL when set, else DATABASE_URL, and never ``SET ROLE``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+import psycopg
+from flask import Flask, current_app
+
+from .auth import MIN_PASSWORD, hasher
+
+
+def operator_url() -> str:
+    """The database URL with the owner's privileges."""
+    return (
+        current_app.config.get("MIGRATION_DATABASE_URL")
+        or os.environ.get("MIGRATION_DATABASE_URL")
+        or current_app.config["DATABASE_URL"]
+    )
+
+
+@click.command("create-admin")
+@click.argument("email")
+@click.option("--password", help="Password for a new account (prompted when omitted).")
+def create_admin(email: str, password: str | None) -> None:
+    """Make EMAIL an admin, creating the account first if it does not exist."""
+    email = email.strip().lower()
+    with psycopg.connect(operator_url(), autocommit=True) as conn:
+        exists = conn.execute("select 1 from api.user_credentials(%s)", [email]).fetchone()
+        if not exists:
+            if password is None:
+                password = click.prompt(
+                    "Password for the new account", hide_input=True, confirmation_prompt=True
+                )
+            if len(password) < MIN_PASSWORD:
+                raise click.BadParameter(
+                    f"must be at least {MIN_PASSWORD} characters", param_hint="--password"
+                )
+            conn.execute("select api.register_user(%s, %s)", [email, hasher.hash(password)])
+            click.echo(f"Created account {email}.")
+        elif password is not None:
+            click.echo("The account exists; its password was left unchanged.")
+        user_id = conn.execute("select api.set_admin(%s) as id", [email]).fetchone()[0]  # type: ignore[index]
+    click.echo(f"{email} is an admin (user id {user_id}).")
+
+
+@click.command("expire-agent-requests")
+@click.option(
+    "--older-than",
+    default=600,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Seconds a request may stay pending before it is failed and refunded.",
+)
+def expire_agent_requests(older_than: int) -> None:
+    """Refund agent requests whose worker died mid-answer (run from cron)."""
+    with psycopg.connect(operator_url(), autocommit=True) as conn:
+        count = conn.execute(
+            "select api.expire_agent_requests(make_interval(secs => %s))", [older_than]
+        ).fetchone()[0]  # type: ignore[index]
+    click.echo(f"Expired {count} pending agent request(s).")
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(create_admin)
+    app.cli.add_command(expire_agent_requests)
