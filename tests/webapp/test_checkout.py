@@ -146,12 +146,13 @@ def test_same_nonce_for_another_package_is_another_purchase(buyer, proxy):
 
 
 @pytest.fixture
-def inactive_package(owner) -> str:
-    owner.execute(
-        "insert into tokenbill.packages (code, name, tokens, amount_cents, currency, active)"
-        " values ('tokens_retired', 'Retired', 50, 300, 'usd', false) on conflict do nothing"
-    )
-    return "tokens_retired"
+def inactive_package(owner) -> Iterator[str]:
+    """tokens_600 taken off sale for one test (packages cannot be deleted, so no new row)."""
+    owner.execute("update tokenbill.packages set active = false where code = 'tokens_600'")
+    try:
+        yield "tokens_600"
+    finally:
+        owner.execute("update tokenbill.packages set active = true where code = 'tokens_600'")
 
 
 @pytest.mark.parametrize("package", ["tokens_9999", "", "inactive"])
