@@ -1232,8 +1232,8 @@ def _price_arg(text: str) -> tuple[str, Obj]:
     return price_id, {"unit_amount": int(amount), "currency": currency.lower(), "name": name}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve the emulator until interrupted."""
+def build_parser() -> argparse.ArgumentParser:
+    """Return the CLI parser (docker-compose.yml and scripts/run pass these flags)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in docker)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -1250,7 +1250,12 @@ def main(argv: list[str] | None = None) -> None:
         "--price", type=_price_arg, action="append", default=[], help="price_ID=AMOUNT:CUR:NAME"
     )
     parser.add_argument("--seed", type=int, help="seed the event order shuffle")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the emulator until interrupted."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
     if not secret:

@@ -527,6 +527,8 @@ def test_list_sessions_filters_by_status_and_created(client: stripe.StripeClient
     assert ([s.id for s in page.data], page.has_more) == ([second.id], True)
     rest = client.v1.checkout.sessions.list(params={"limit": 1, "starting_after": second.id})
     assert ([s.id for s in rest.data], rest.has_more) == ([first.id], False)
+    paged = client.v1.checkout.sessions.list(params={"limit": 1}).auto_paging_iter()
+    assert [s.id for s in paged] == [second.id, first.id]
     expanded = client.v1.checkout.sessions.list(
         params={"status": "complete", "expand": ["data.payment_intent"]}
     )

@@ -1,0 +1,190 @@
+"""docker-compose.yml, Dockerfile and .dockerignore: valid, and wired the way the docs say.
+
+There is no container engine on the CI machines, so nothing is started here: the compose file
+is validated by the compose binary itself (`docker compose config` or Debian's docker-compose
+1.29; CI installs the `docker-compose` apt package) and its structure is checked as YAML.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scripts import checkout_emulator
+
+REPO = Path(__file__).resolve().parent.parent
+WEBHOOK_PATH = "web:5000/api/webhook/stripe"
+
+
+def _compose_command() -> list[str]:
+    """Find a compose implementation, or fail loudly: a skipped check is a missing check."""
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    pytest.fail("no compose binary: install it with `apt-get install -y docker-compose`")
+
+
+def _render(*extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the file as compose itself resolves it (interpolated, merged, validated)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "SECRET_"))}
+    with tempfile.TemporaryDirectory() as tmp:
+        # An empty --env-file: a developer's .env must not change what is validated.
+        empty = Path(tmp, "empty.env")
+        empty.touch()
+        compose = [*_compose_command(), "-f", "docker-compose.yml", "--env-file", str(empty)]
+        result = subprocess.run(
+            [*compose, *extra, "config"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**clean, **(env or {})},
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, Any]:
+    return _render()
+
+
+def test_compose_validates_the_file(rendered: dict[str, Any]) -> None:
+    assert set(rendered["services"]) == {
+        "postgres",
+        "stripe-mock",
+        "migrate",
+        "web",
+        "emulator",
+        "stripe-cli",
+    }
+
+
+def test_compose_validates_the_stripe_profile() -> None:
+    config = _render("--profile", "stripe", env={"STRIPE_API_KEY": "sk_test_cli"})
+    assert config["services"]["stripe-cli"]["environment"]["STRIPE_API_KEY"] == "sk_test_cli"
+
+
+def test_postgres_is_healthchecked_and_migrate_waits_for_it(raw: dict[str, Any]) -> None:
+    services = raw["services"]
+    assert services["postgres"]["image"] == "postgres:15"
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    migrate = services["migrate"]
+    assert migrate["command"] == ["python", "-m", "scripts.migrate"]
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "@postgres:5432/" in migrate["environment"]["DATABASE_URL"]
+
+
+def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
+    web = raw["services"]["web"]
+    script = web["command"][-1]
+    assert "exec gunicorn --bind 0.0.0.0:5000" in script
+    assert "'webapp:create_app()'" in script
+    assert web["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert "@postgres:5432/" in web["environment"]["DATABASE_URL"]
+    assert web["build"] == "." and raw["services"]["migrate"]["build"] == "."
+
+
+def _web_environment(rendered: dict[str, Any], **env: str) -> dict[str, str]:
+    """Run web's start script with gunicorn swapped for `env`; return what gunicorn would see."""
+    web = rendered["services"]["web"]
+    script = web["command"][-1].replace("$$", "$")  # compose's escape, undone as compose does
+    assert script.count("exec gunicorn") == 1
+    script = script.split("exec gunicorn")[0] + "exec env"
+    base = {k: str(v) for k, v in web["environment"].items()}
+    result = subprocess.run(
+        [*web["command"][:-1], script],
+        env={"PATH": "/usr/bin:/bin", **base, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def test_web_uses_the_emulator_without_a_stripe_key(rendered: dict[str, Any]) -> None:
+    env = _web_environment(rendered)
+    assert env["STRIPE_SECRET_KEY"] == "sk_test_emulator"
+    assert env["STRIPE_API_BASE"] == "http://emulator:12112"
+    assert env["PAYMENTS_SIMULATED"] == "1"
+    # Both ends of the webhook share one secret.
+    emulator_env = rendered["services"]["emulator"]["environment"]
+    assert env["STRIPE_WEBHOOK_SECRET"] == emulator_env["STRIPE_WEBHOOK_SECRET"]
+
+
+def test_web_uses_real_stripe_with_a_key(rendered: dict[str, Any]) -> None:
+    env = _web_environment(
+        rendered, STRIPE_SECRET_KEY="sk_test_real", STRIPE_WEBHOOK_SECRET="whsec_cli"
+    )
+    assert env["STRIPE_SECRET_KEY"] == "sk_test_real"
+    assert env["STRIPE_API_BASE"] == ""  # the SDK's default: api.stripe.com
+    assert env["STRIPE_WEBHOOK_SECRET"] == "whsec_cli"
+    assert env["PAYMENTS_SIMULATED"] == ""
+
+
+def test_emulator_runs_in_the_default_profile_and_posts_to_web(raw: dict[str, Any]) -> None:
+    emulator = raw["services"]["emulator"]
+    assert "profiles" not in emulator
+    command = emulator["command"]
+    assert command[:3] == ["python", "-m", "scripts.checkout_emulator"]
+    args = checkout_emulator.build_parser().parse_args(command[3:])
+    assert args.webhook_url == f"http://{WEBHOOK_PATH}"
+    assert (args.host, args.port) == ("0.0.0.0", 12112)
+    assert args.public_url == "http://localhost:12112"  # what the browser on the host opens
+    assert emulator["ports"] == ["127.0.0.1:12112:12112"]
+
+
+def test_stripe_cli_forwards_to_web_only_in_its_profile(raw: dict[str, Any]) -> None:
+    cli = raw["services"]["stripe-cli"]
+    assert cli["image"].startswith("stripe/stripe-cli")
+    assert cli["profiles"] == ["stripe"]
+    assert cli["command"] == ["listen", "--forward-to", WEBHOOK_PATH]
+    assert "STRIPE_API_KEY" in cli["environment"]
+    profiled = {name for name, svc in raw["services"].items() if "profiles" in svc}
+    assert profiled == {"stripe-cli"}
+
+
+def test_stripe_mock_listens_on_12111(raw: dict[str, Any]) -> None:
+    mock = raw["services"]["stripe-mock"]
+    assert mock["image"].startswith("stripe/stripe-mock")
+    assert any(port.endswith(":12111") for port in mock["ports"])
+
+
+def test_dockerfile_installs_requirements_and_drops_root() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "FROM python:3.11-slim"
+    assert "RUN pip install -r requirements.txt" in lines
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
+    for needed in ("webapp", "frontend", "db", "scripts"):  # what the three commands import
+        assert needed in copied
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
+    entries = (REPO / ".dockerignore").read_text().split()
+    for entry in (".env", ".venv", ".data", ".git"):
+        assert entry in entries
