@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
-from tests.conftest import AuthActions, balance_of
+from tests.conftest import WEBHOOK_SECRET, AuthActions, balance_of
 from tests.support.recording_proxy import RecordingProxy
+from tests.support.servers import serve
 from tests.support.stripe_events import checkout_session_object, new_id
 from webapp.stripe_gateway import fulfil_session, grant_verdict
 
@@ -302,4 +307,89 @@ def test_paid_session_fulfilment_grants_once(app_conn, owner, make_user):
     )
     assert grant_verdict(again) == "already granted"
     assert balance_of(owner, user) == 100
+    assert owner.execute("select * from api.ledger_audit()").fetchall() == []
+
+
+# --------------------------------------------------------------------------------------------
+# The paid path end to end, with the stateful Checkout emulator standing in for Stripe
+# (stripe-mock cannot return a paid session).
+# --------------------------------------------------------------------------------------------
+CARD = {"card_number": "4242 4242 4242 4242", "expiry": "12 / 34", "cvc": "123"}
+
+
+@contextmanager
+def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActions, str]]:
+    """Checkout through our view, pay on the emulator's page; yields (client, auth, session)."""
+    from scripts.checkout_emulator import EmulatorConfig, EmulatorServer
+
+    app = make_app()
+    with serve(app) as shop_url:
+        config = EmulatorConfig(
+            webhook_url=f"{shop_url}/api/webhook/stripe" if webhooks else None,
+            webhook_secret=WEBHOOK_SECRET,
+            webhook_backoff=0.01,
+        )
+        with EmulatorServer(config) as emulator:
+            app.config.update(STRIPE_API_BASE=emulator.url, PUBLIC_BASE_URL=shop_url)
+            client = app.test_client()
+            actions = AuthActions(client)
+            actions.register()
+            nonce = form_nonce(client.get("/billing/buy").data)
+            to_stripe = client.post(
+                "/billing/checkout", data={"package": "tokens_250", "nonce": nonce}
+            )
+            assert to_stripe.status_code == 303
+            paid = requests.post(
+                to_stripe.headers["Location"], data=CARD, allow_redirects=False, timeout=30
+            )
+            assert paid.status_code == 303
+            back = urlsplit(paid.headers["Location"])
+            assert back.path == "/billing/success"
+            yield client, actions, parse_qs(back.query)["session_id"][0]
+
+
+def test_success_page_grants_when_the_webhook_has_not_arrived(make_app, owner):
+    with bought_and_paid(make_app, webhooks=False) as (client, actions, session_id):
+        user = actions.user_id(owner)
+        assert balance_of(owner, user) == 0
+
+        page = client.get(f"/billing/success?session_id={session_id}")
+        again = client.get(f"/billing/success?session_id={session_id}")
+
+    assert page.status_code == 200
+    html = page.data.decode()
+    assert '<strong id="tokens-added">250</strong>' in html
+    assert '<strong id="new-balance">250</strong>' in html
+    assert 'data-balance="250"' in html  # the header shows the new balance too
+    assert "View your receipt" in html
+    assert again.status_code == 200 and 'id="new-balance">250<' in again.data.decode()
+    assert balance_of(owner, user) == 250
+    grants = owner.execute(
+        "select count(*) as n from api.ledger_entries where user_id = %s and kind = 'purchase'",
+        [user],
+    ).fetchone()
+    assert grants["n"] == 1
+    assert owner.execute("select * from api.ledger_audit()").fetchall() == []
+
+
+def test_success_page_after_the_webhook_shows_the_same_single_grant(make_app, owner):
+    with bought_and_paid(make_app, webhooks=True) as (client, actions, session_id):
+        user = actions.user_id(owner)
+        assert balance_of(owner, user) == 250  # the emulator delivered before redirecting
+        page = client.get(f"/billing/success?session_id={session_id}")
+
+    assert page.status_code == 200
+    assert '<strong id="tokens-added">250</strong>' in page.data.decode()
+    assert balance_of(owner, user) == 250
+    completed = owner.execute(
+        "select outcome, detail from api.stripe_events"
+        " where type = 'checkout.session.completed' and payload #>> '{data,object,id}' = %s",
+        [session_id],
+    ).fetchone()
+    assert completed == {"outcome": "processed", "detail": "granted 250 tokens"}
+    grants = owner.execute(
+        "select count(*) as n from api.ledger_entries where user_id = %s and kind = 'purchase'",
+        [user],
+    ).fetchone()
+    assert grants["n"] == 1
     assert owner.execute("select * from api.ledger_audit()").fetchall() == []
