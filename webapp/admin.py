@@ -1,16 +1,191 @@
-"""Admin pages (filled in by the pages work)."""
+"""Admin pages: balances, a user's ledger and manual adjustments, the Stripe webhook inbox,
+payments that were refused, and the ledger audit. Admins only (403 for everyone else).
+
+Every change goes through api.admin_adjust, which re-checks in PostgreSQL that the caller is an
+admin and records who made the adjustment and why.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, abort
-from flask_login import current_user, login_required
+import uuid
+from typing import Any
+
+import psycopg
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from .db import get_db
+from .extensions import login_manager
+from .history import KIND_LABELS, ledger_page, page_arg, paginate
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
+PAGE_SIZE = 50
+EVENT_OUTCOMES = ("received", "processed", "ignored", "rejected", "failed")
+ATTENTION = ("ignored", "rejected", "failed")
+PROBLEM_STATUSES = ("rejected", "failed")
 
-@bp.get("/")
-@login_required
-def index():
+
+@bp.before_request
+def require_admin() -> Any:
+    """Log in first; then only admins get past this point."""
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
     if not current_user.is_admin:
         abort(403)
-    abort(501)
+    return None
+
+
+def _like(term: str) -> str:
+    """An ILIKE pattern matching ``term`` literally anywhere."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _user_or_404(raw_id: str) -> dict[str, Any]:
+    try:
+        user_id = uuid.UUID(raw_id)
+    except ValueError:
+        abort(404)
+    row = get_db().fetch_one(
+        "select id, email, is_admin, balance, created_at from api.accounts where id = %s",
+        [user_id],
+    )
+    if row is None:
+        abort(404)
+    return row
+
+
+@bp.get("/")
+def index():
+    """Users with balances (``?q=`` searches emails) and the ledger audit."""
+    query = request.args.get("q", "").strip()
+    page = page_arg("page")
+    users, more = paginate(
+        "select id, email, is_admin, balance, created_at from api.accounts"
+        " where %s = '' or email ilike %s order by created_at desc, id",
+        [query, _like(query)],
+        page,
+        PAGE_SIZE,
+    )
+    audit = get_db().fetch_all("select * from api.ledger_audit()")
+    return render_template(
+        "admin/index.html", users=users, query=query, page=page, more=more, audit=audit
+    )
+
+
+def _render_user(user: dict[str, Any], status: int = 200, **form: Any):
+    page = page_arg("page")
+    entries, more = ledger_page(user["id"], page, PAGE_SIZE)
+    purchases = get_db().fetch_all(
+        "select created_at, package_code, amount_cents, currency, tokens_granted,"
+        " display_status, reason, payment_intent_id from api.purchases where user_id = %s"
+        " order by created_at desc limit 50",
+        [user["id"]],
+    )
+    return (
+        render_template(
+            "admin/user.html",
+            user=user,
+            entries=entries,
+            page=page,
+            more=more,
+            purchases=purchases,
+            kind_labels=KIND_LABELS,
+            form=form,
+        ),
+        status,
+    )
+
+
+@bp.get("/users/<user_id>")
+def user(user_id: str):
+    """One user's balance, purchases and ledger, with the adjustment form."""
+    return _render_user(_user_or_404(user_id))
+
+
+@bp.post("/users/<user_id>/adjust")
+def adjust(user_id: str):
+    """Credit or debit tokens by hand, with a reason kept in the ledger."""
+    target = _user_or_404(user_id)
+    raw_delta = request.form.get("delta", "").strip()
+    reason = request.form.get("reason", "").strip()
+    error = None
+    try:
+        delta = int(raw_delta)
+    except ValueError:
+        delta = 0
+    if delta == 0:
+        error = "Enter a whole, non-zero number of tokens (negative to debit)."
+    elif not reason:
+        error = "A reason is required; it is shown to the user in their history."
+    if error is None:
+        try:
+            balance = get_db().fetch_one(
+                "select api.admin_adjust(%s, %s, %s, %s) as balance",
+                [current_user.id, target["id"], delta, reason],
+            )["balance"]  # type: ignore[index]
+        except psycopg.Error as exc:
+            if exc.sqlstate not in ("TB003", "TB005"):
+                raise
+            error = exc.diag.message_primary or "adjustment refused"
+        else:
+            flash(f"Adjusted {target['email']} by {delta:+d} tokens; balance is now {balance}.")
+            return redirect(url_for("admin.user", user_id=target["id"]), code=303)
+    flash(error)
+    return _render_user(target, 400, delta=raw_delta, reason=reason)
+
+
+@bp.get("/events")
+def events():
+    """The Stripe webhook inbox; by default only events that need a look."""
+    outcome = request.args.get("outcome", "attention")
+    if outcome == "attention":
+        outcomes: tuple[str, ...] = ATTENTION
+    elif outcome == "all":
+        outcomes = EVENT_OUTCOMES
+    elif outcome in EVENT_OUTCOMES:
+        outcomes = (outcome,)
+    else:
+        abort(400, "Unknown outcome filter.")
+    page = page_arg("page")
+    rows, more = paginate(
+        "select id, type, received_at, processed_at, outcome, detail, attempts"
+        " from api.stripe_events where outcome = any(%s) order by received_at desc, id",
+        [list(outcomes)],
+        page,
+        PAGE_SIZE,
+    )
+    return render_template(
+        "admin/events.html",
+        events=rows,
+        outcome=outcome,
+        outcomes=EVENT_OUTCOMES,
+        page=page,
+        more=more,
+    )
+
+
+@bp.get("/payments")
+def payments():
+    """Payments that granted nothing: rejected (with the reason) or failed."""
+    status = request.args.get("status", "problems")
+    if status == "problems":
+        statuses: tuple[str, ...] = PROBLEM_STATUSES
+    elif status in PROBLEM_STATUSES:
+        statuses = (status,)
+    else:
+        abort(400, "Unknown status filter.")
+    page = page_arg("page")
+    rows, more = paginate(
+        "select p.created_at, p.updated_at, p.payment_intent_id, p.package_code, p.amount_cents,"
+        " p.currency, p.status, p.reason, p.user_id, a.email from api.purchases p"
+        " left join api.accounts a on a.id = p.user_id"
+        " where p.status = any(%s) order by p.updated_at desc, p.id desc",
+        [list(statuses)],
+        page,
+        PAGE_SIZE,
+    )
+    return render_template(
+        "admin/payments.html", payments=rows, status=status, page=page, more=more
+    )

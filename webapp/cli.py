@@ -12,6 +12,7 @@ import os
 import click
 import psycopg
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 from .auth import MIN_PASSWORD, hasher
 
@@ -28,6 +29,7 @@ def operator_url() -> str:
 @click.command("create-admin")
 @click.argument("email")
 @click.option("--password", help="Password for a new account (prompted when omitted).")
+@with_appcontext
 def create_admin(email: str, password: str | None) -> None:
     """Make EMAIL an admin, creating the account first if it does not exist."""
     email = email.strip().lower()
@@ -58,6 +60,7 @@ def create_admin(email: str, password: str | None) -> None:
     type=click.IntRange(min=1),
     help="Seconds a request may stay pending before it is failed and refunded.",
 )
+@with_appcontext
 def expire_agent_requests(older_than: int) -> None:
     """Refund agent requests whose worker died mid-answer (run from cron)."""
     with psycopg.connect(operator_url(), autocommit=True) as conn:
