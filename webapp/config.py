@@ -41,6 +41,8 @@ def from_env() -> dict[str, Any]:
         "STRIPE_SECRET_KEY": stripe_key,
         "STRIPE_WEBHOOK_SECRET": os.environ.get("STRIPE_WEBHOOK_SECRET", ""),
         "STRIPE_API_BASE": os.environ.get("STRIPE_API_BASE", ""),
+        # Stripe waits ~20 s for an answer: better to fail fast with 500 and let it retry.
+        "WEBHOOK_DB_TIMEOUT_SECONDS": float(os.environ.get("WEBHOOK_DB_TIMEOUT_SECONDS") or 10),
         "PAYMENTS_SIMULATED": _flag("PAYMENTS_SIMULATED", default=False),
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", "").rstrip("/"),
         "AGENT_TOKEN_COST": _int("AGENT_TOKEN_COST", 1),

@@ -16,12 +16,11 @@ from psycopg_pool import PoolTimeout
 
 from .db import get_db
 from .extensions import csrf, limiter
+from .metrics import record_webhook
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger(__name__)
 
-# Stripe waits ~20 s for an answer; better to fail fast and let it retry than to hang.
-DEFAULT_DB_TIMEOUT_SECONDS = 10.0
 FAILURE_RECORD_TIMEOUT_SECONDS = 2.0
 # Errors caused by the event itself: retrying the same body cannot help.
 PAYLOAD_SQLSTATES = {"TB003"}
@@ -46,35 +45,41 @@ def stripe_webhook():
     signature = request.headers.get("Stripe-Signature")
     if not signature:
         log.warning("stripe webhook without a Stripe-Signature header")
+        record_webhook("unknown", "bad_request")
         return _reply(400, error="missing signature")
     try:
         evt = stripe.Webhook.construct_event(payload, signature, secret)
     except stripe.SignatureVerificationError as exc:
         log.warning("stripe webhook with an invalid signature: %s", exc.user_message or exc)
+        record_webhook("unknown", "bad_request")
         return _reply(400, error="invalid signature")
     except (ValueError, AttributeError, TypeError):
         # Verified bytes that are not a JSON object (UnicodeDecodeError is a ValueError).
         log.warning("stripe webhook with a malformed payload (%d bytes)", len(payload))
+        record_webhook("unknown", "bad_request")
         return _reply(400, error="malformed payload")
 
     body = payload.decode("utf-8")
     event_id = getattr(evt, "id", None)
-    timeout = float(
-        current_app.config.get("WEBHOOK_DB_TIMEOUT_SECONDS", DEFAULT_DB_TIMEOUT_SECONDS)
-    )
+    event_type = str(getattr(evt, "type", None) or "unknown")
+    timeout = float(current_app.config["WEBHOOK_DB_TIMEOUT_SECONDS"])
     try:
         with get_db().pool.connection(timeout=timeout) as conn:
             row = conn.execute(HANDLE_EVENT, [body]).fetchone()
     except psycopg.Error as exc:
         if exc.sqlstate in PAYLOAD_SQLSTATES or isinstance(exc, psycopg.errors.DataError):
             log.warning("stripe event %s refused by the database: %s", event_id, exc)
+            record_webhook(event_type, "bad_request")
             return _reply(400, error="malformed event")
+        record_webhook(event_type, "error")
         return _failed(body, event_id, exc)
     except PoolTimeout as exc:
+        record_webhook(event_type, "error")
         return _failed(body, event_id, exc)
 
     assert row is not None  # the function always returns one row
     log.info("stripe event %s: %s (%s)", row["event_id"], row["outcome"], row["detail"])
+    record_webhook(event_type, row["outcome"])
     return _reply(200, received=True, outcome=row["outcome"], detail=row["detail"])
 
 

@@ -82,3 +82,38 @@ def test_business_totals_follow_the_database(make_app, app_conn, make_user):
         ]
         >= 1
     )
+
+
+def test_webhook_deliveries_are_counted_by_type_and_result(make_app, make_user):
+    from tests.conftest import WEBHOOK_SECRET
+    from tests.support.stripe_events import encode, payment_intent_succeeded, sign
+
+    app = make_app(METRICS_TOKEN="t")
+    client = app.test_client()
+
+    def count(event_type: str, result: str) -> float:
+        body = client.get("/metrics", headers={"Authorization": "Bearer t"}).get_data(as_text=True)
+        labels = (("result", result), ("type", event_type))
+        return samples(body).get(("tokenbill_webhook_deliveries_total", labels), 0)
+
+    before = (
+        count("payment_intent.succeeded", "processed"),
+        count("payment_intent.succeeded", "duplicate"),
+        count("unknown", "bad_request"),
+    )
+    body = encode(payment_intent_succeeded(str(make_user()), "tokens_100", 500))
+    for _ in range(2):
+        response = client.post(
+            "/api/webhook/stripe",
+            data=body,
+            headers={"Stripe-Signature": sign(body, WEBHOOK_SECRET)},
+        )
+        assert response.status_code == 200
+    forged = client.post("/api/webhook/stripe", data=body, headers={"Stripe-Signature": "t=1,v1=0"})
+    assert forged.status_code == 400
+    after = (
+        count("payment_intent.succeeded", "processed"),
+        count("payment_intent.succeeded", "duplicate"),
+        count("unknown", "bad_request"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
