@@ -20,6 +20,8 @@
       el.textContent = String(balance);
       el.dataset.balance = String(balance);
     }
+    // say so before the next message is refused, not after
+    if (needTokens && balance < Number(form.dataset.tokenCost || 1)) needTokens.hidden = false;
   }
 
   function addMessage(role, text) {
@@ -49,6 +51,8 @@
   function rememberConversation(id, title) {
     if (!id || form.dataset.conversationId === id) return;
     form.dataset.conversationId = id;
+    const heading = document.getElementById("chat-heading");
+    if (heading) heading.textContent = title.length > 80 ? title.slice(0, 80) : title;
     const url = form.dataset.chatUrl + "?c=" + encodeURIComponent(id);
     window.history.replaceState(null, "", url);
     const empty = conversationList.querySelector(".empty");
