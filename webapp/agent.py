@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from flask import (
     Blueprint,
     Response,
@@ -270,7 +271,13 @@ def _stream(call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: flo
             producer.cancel()
             loop.run_until_complete(asyncio.gather(producer, return_exceptions=True))
             loop.close()
-        balance = _finish(db, call, "".join(parts))
+        try:
+            balance = _finish(db, call, "".join(parts))
+        except psycopg.Error as exc:
+            # headers are long gone: report in-band (e.g. the request was expired meanwhile)
+            log.error("could not store reply of %s: %s", call.request_id, exc.sqlstate)
+            yield _line({"error": "The reply could not be saved; retry later."})
+            return
         yield _line({"done": True, "balance": balance, "agent": agent.name})
 
     response = Response(generate(), mimetype="application/x-ndjson")
