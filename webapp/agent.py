@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from .agents import ChatAgent, Turn, get_agent
 from .api_auth import api_login_required, api_user, resolve_api_user
 from .db import Database, get_db
 from .extensions import csrf, limiter
+from .metrics import record_agent
 
 bp = Blueprint("agent", __name__)
 log = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ NEED_TOKENS = "You need more tokens to use the agent"
 FAILED = "The agent failed to answer; your token was returned."
 TIMED_OUT = "The agent took too long to answer; your token was returned."
 IN_PROGRESS = "This request is still being answered; retry in a moment."
+SWEEP_EVERY_SECONDS = 60.0
+
+_sweep_lock = threading.Lock()
+_last_sweep = 0.0
 
 
 @dataclass(frozen=True)
@@ -171,8 +178,33 @@ def _history(db: Database, call: AgentCall) -> list[Turn]:
     return [Turn(row["role"], row["content"]) for row in reversed(rows)]
 
 
+def _expire_stale_requests(db: Database, timeout: float) -> None:
+    """At most once a minute per worker: refund requests whose worker died mid-run.
+
+    A request still pending after twice the agent timeout can no longer be answered (its
+    process was killed), so its token goes back and a retry stops answering "in progress".
+    """
+    global _last_sweep
+    now = time.monotonic()
+    if now - _last_sweep < SWEEP_EVERY_SECONDS or not _sweep_lock.acquire(blocking=False):
+        return
+    try:
+        _last_sweep = now
+        row = db.fetch_one(
+            "select api.expire_agent_requests(make_interval(secs => %s)) as n", [2 * timeout + 30]
+        )
+        if row and row["n"]:
+            log.warning("expired %s agent request(s) left pending by a dead worker", row["n"])
+            record_agent("expired", row["n"])
+    except psycopg.Error as exc:  # housekeeping must never fail a user's request
+        log.warning("could not expire stale agent requests: %s", exc.sqlstate)
+    finally:
+        _sweep_lock.release()
+
+
 def _fail(db: Database, call: AgentCall, exc: BaseException, timed_out: bool) -> int:
     """Record the failure and give the token back; returns the balance after the refund."""
+    record_agent("released")
     log.warning(
         "agent request %s of user %s %s: %s",
         call.request_id,
@@ -227,6 +259,7 @@ def _answer(call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: flo
     except Exception as exc:
         return _json({**body, "error": FAILED, "balance": _fail(db, call, exc, False)}, 502)
     balance = _finish(db, call, reply)
+    record_agent("served")
     return _json({**body, "reply": reply, "balance": balance, "agent": agent.name})
 
 
@@ -278,6 +311,7 @@ def _stream(call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: flo
             log.error("could not store reply of %s: %s", call.request_id, exc.sqlstate)
             yield _line({"error": "The reply could not be saved; retry later."})
             return
+        record_agent("served")
         yield _line({"done": True, "balance": balance, "agent": agent.name})
 
     response = Response(generate(), mimetype="application/x-ndjson")
@@ -322,17 +356,21 @@ def api_agent():
     message, conversation_id, stream, request_id = _parse_call()
     user = api_user()
     cost = current_app.config["AGENT_TOKEN_COST"]
+    timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
+    _expire_stale_requests(get_db(), timeout)
     row = get_db().fetch_one(
         "select * from api.begin_agent_request(%s, %s, %s, %s, %s)",
         [user.id, request_id, conversation_id, message, cost],
     )
     assert row is not None
     if row["outcome"] == "insufficient_tokens":
+        record_agent("insufficient_tokens")
         return _json(
             {"error": NEED_TOKENS, "buy_url": url_for("billing.buy"), "balance": row["balance"]},
             402,
         )
     if row["outcome"] == "replayed":
+        record_agent("replayed")
         return _replay(row, request_id, stream)
 
     call = AgentCall(user.id, request_id, row["conversation_id"], message, row["balance"])
@@ -342,7 +380,6 @@ def api_agent():
         history = _history(db, call)
     except Exception as exc:
         return _json({"error": FAILED, "balance": _fail(db, call, exc, False)}, 502)
-    timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
     if stream:
         return _stream(call, agent, history, timeout)
     return _answer(call, agent, history, timeout)

@@ -52,7 +52,8 @@ WEBHOOK_DELIVERIES = Counter(
 )
 AGENT_REQUESTS = Counter(
     "tokenbill_agent_requests_total",
-    "Agent requests by result (served, insufficient_tokens, rate_limited, replayed, released).",
+    "Agent requests by result (served, insufficient_tokens, replayed, released, expired);"
+    " rate-limited calls are tokenbill_http_requests_total{endpoint=agent.api_agent,status=429}.",
     ["result"],
 )
 CHECKOUT_SESSIONS_CREATED = Counter(
@@ -140,5 +141,5 @@ def record_webhook(event_type: str, result: str) -> None:
     WEBHOOK_DELIVERIES.labels(event_type or "unknown", result).inc()
 
 
-def record_agent(result: str) -> None:
-    AGENT_REQUESTS.labels(result).inc()
+def record_agent(result: str, count: int = 1) -> None:
+    AGENT_REQUESTS.labels(result).inc(count)

@@ -209,6 +209,35 @@ def test_replay_of_a_running_request_is_409(app, owner, app_conn, member):
     assert balance_of(owner, user) == 4
 
 
+def test_a_request_left_pending_by_a_dead_worker_is_refunded_by_the_next_call(
+    app, owner, app_conn, member
+):
+    import webapp.agent
+
+    user, _ = member(balance=5)
+    app_conn.execute("select api.begin_agent_request(%s, 'worker-died', null, 'hi', 1)", [user])
+    # as if the worker was killed long ago: older than twice the agent timeout
+    owner.execute(
+        "update tokenbill.messages set created_at = now() - interval '1 hour'"
+        " where user_id = %s and request_id = 'worker-died'",
+        [user],
+    )
+    assert balance_of(owner, user) == 4
+    webapp.agent._last_sweep = 0.0  # the sweep runs at most once a minute per process
+
+    headers = bearer(create_key(owner, user))
+    assert ask(app.test_client(), headers=headers).status_code == 200
+    assert balance_of(owner, user) == 4  # 5 - died (refunded) - this call
+    retry = ask(app.test_client(), headers={**headers, "Idempotency-Key": "worker-died"})
+    assert retry.status_code == 504 and retry.json["replayed"] is True
+    assert ledger_kinds(owner, user)[:3] == [
+        "admin_adjustment",
+        "consumption",
+        "consumption_refund",
+    ]
+    assert audit(owner) == []
+
+
 def test_replay_of_a_failed_request_repeats_the_failure_for_free(make_app, owner, member):
     app = make_app(AGENT=FailingAgent)
     user, _ = member(balance=1)
