@@ -14,6 +14,8 @@ import psycopg
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from .billing import money
+from .charts import bar_chart
 from .db import get_db
 from .extensions import login_manager
 from .history import KIND_LABELS, ledger_page, page_arg, paginate
@@ -189,3 +191,41 @@ def payments():
     return render_template(
         "admin/payments.html", payments=rows, status=status, page=page, more=more
     )
+
+
+def _series(rows: list[dict[str, Any]], value: Any) -> list[tuple[str, float]]:
+    """(ISO day, value(row)) for each daily row."""
+    return [(row["day"].isoformat(), value(row)) for row in rows]
+
+
+def _conversion(paid: int, created: int) -> float:
+    return 100 * paid / created if created else 0.0
+
+
+@bp.get("/stats")
+def stats():
+    """Tokens sold and consumed, revenue and Checkout conversion per day, as SVG charts."""
+    days = request.args.get("days", "30")
+    if days not in {"7", "30", "90"}:
+        abort(400, "days must be 7, 30 or 90.")
+    rows = get_db().fetch_all("select * from api.daily_stats(%s)", [int(days)])
+    percent = "{:.0f}%".format
+    charts = {
+        "sold": bar_chart("Tokens sold", _series(rows, lambda r: r["tokens_sold"])),
+        "consumed": bar_chart("Tokens consumed", _series(rows, lambda r: r["tokens_consumed"])),
+        "revenue": bar_chart("Revenue", _series(rows, lambda r: r["revenue_cents"]), fmt=money),
+        "conversion": bar_chart(
+            "Checkout conversion (paid / created)",
+            _series(rows, lambda r: _conversion(r["sessions_paid"], r["sessions_created"])),
+            fmt=percent,
+        ),
+    }
+    created = sum(r["sessions_created"] for r in rows)
+    paid = sum(r["sessions_paid"] for r in rows)
+    totals = {
+        "tokens_sold": sum(r["tokens_sold"] for r in rows),
+        "tokens_consumed": sum(r["tokens_consumed"] for r in rows),
+        "revenue_cents": sum(r["revenue_cents"] for r in rows),
+        "conversion": percent(_conversion(paid, created)) if created else "–",
+    }
+    return render_template("admin/stats.html", charts=charts, totals=totals, days=int(days))

@@ -12,7 +12,7 @@ from tests.conftest import audit, balance_of
 from tests.support.agents import ledger_kinds, login, password_hash
 
 PW_HASH = password_hash()
-ADMIN_PAGES = ["/admin/", "/admin/events", "/admin/payments"]
+ADMIN_PAGES = ["/admin/", "/admin/events", "/admin/payments", "/admin/stats"]
 
 
 def account(owner, make_user, balance: int = 0, admin: bool = False) -> tuple[uuid.UUID, str]:
@@ -187,3 +187,34 @@ def test_webhook_inbox_shows_events_needing_attention(admin_client, app_conn, ow
 
     payments = admin_client.get("/admin/payments").get_data(as_text=True)
     assert rejected["data"]["object"]["id"] in payments and "amount mismatch" in payments
+
+
+def test_stats_page_charts_today_from_the_database(admin_client, app_conn, make_user):
+    def totals() -> dict[str, str]:
+        html = admin_client.get("/admin/stats?days=7").data.decode()
+        return dict(re.findall(r'<dd id="total-([a-z]+)">([^<]*)</dd>', html))
+
+    before = totals()
+    user = make_user()
+    session_id = f"cs_{uuid.uuid4().hex}"
+    app_conn.execute("select api.record_checkout_session(%s, %s, 'tokens_600')", [session_id, user])
+    app_conn.execute(
+        "select * from api.grant_for_payment(%s, %s, 'tokens_600', 2000, 'usd')",
+        [f"pi_{uuid.uuid4().hex}", str(user)],
+    )
+    app_conn.execute("select * from api.consume(%s, 'stats-1', 5)", [user])
+    response = admin_client.get("/admin/stats?days=7")
+    after = totals()
+
+    assert response.status_code == 200
+    html = response.data.decode()
+    assert html.count('<rect class="bar"') == 4 * 7  # four charts, one bar per day
+    assert int(after["sold"]) - int(before["sold"]) == 600
+    assert int(after["consumed"]) - int(before["consumed"]) == 5
+    dollars = [float(v.strip("$").replace(",", "")) for v in (before["revenue"], after["revenue"])]
+    assert dollars[1] - dollars[0] == 20.0
+    assert after["conversion"].endswith("%")
+
+
+def test_stats_rejects_other_ranges(admin_client):
+    assert admin_client.get("/admin/stats?days=1000").status_code == 400
