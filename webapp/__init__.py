@@ -45,6 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
 
     from . import (  # noqa: F401
+        account,
         admin,
         agent,
         api_keys,
@@ -58,7 +59,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         webhooks,
     )
 
-    for module in (health, auth, billing, webhooks, agent, history, admin, metrics, api_keys):
+    blueprints = (health, auth, billing, webhooks, agent, history, account, api_keys, admin)
+    for module in (*blueprints, metrics):
         app.register_blueprint(module.bp)
     metrics.init_app(app)
     cli.init_app(app)

@@ -17,6 +17,8 @@ class User(UserMixin):
     email: str
     is_admin: bool
     balance: int
+    low_balance_threshold: int = 10
+    low_balance_alert: bool = False  # an unacknowledged alert and the balance still below
 
     def get_id(self) -> str:
         return str(self.id)
@@ -29,7 +31,9 @@ def load_user(user_id: str | UUID) -> User | None:
     except ValueError:
         return None
     row = get_db().fetch_one(
-        "select id, email, is_admin, balance from api.accounts where id = %s", [uid]
+        "select id, email, is_admin, balance, low_balance_threshold, low_balance_alert"
+        " from api.accounts where id = %s",
+        [uid],
     )
     return User(**row) if row else None
 

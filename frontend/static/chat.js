@@ -20,6 +20,13 @@
       el.textContent = String(balance);
       el.dataset.balance = String(balance);
     }
+    // the same rule as the database's alert trigger: this message took us below the threshold
+    const alert = document.getElementById("low-balance-alert");
+    const threshold = el ? Number(el.dataset.threshold || 0) : 0;
+    if (alert && balance < threshold) {
+      alert.querySelector(".low-balance-count").textContent = String(balance);
+      alert.hidden = false;
+    }
     // say so before the next message is refused, not after
     if (needTokens && balance < Number(form.dataset.tokenCost || 1)) needTokens.hidden = false;
   }
