@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+import stripe
 
 from tests.conftest import WEBHOOK_SECRET, AuthActions, balance_of
 from tests.support.recording_proxy import RecordingProxy
@@ -401,4 +402,33 @@ def test_success_page_after_the_webhook_shows_the_same_single_grant(make_app, ow
         [user],
     ).fetchone()
     assert grants["n"] == 1
+    assert owner.execute("select * from api.ledger_audit()").fetchall() == []
+
+
+def test_refunds_through_the_emulator_take_tokens_back_end_to_end(make_app, owner):
+    """Pay, then refund half and the rest with the real SDK; charge.refunded claws back."""
+    with bought_and_paid(make_app, webhooks=True) as (client, actions, session_id):
+        user = actions.user_id(owner)
+        assert balance_of(owner, user) == 250
+        charge = owner.execute(
+            "select charge_id from api.purchases where checkout_session_id = %s", [session_id]
+        ).fetchone()["charge_id"]
+        stripe_client = stripe.StripeClient(
+            "sk_test_emulator", base_addresses={"api": client.application.config["STRIPE_API_BASE"]}
+        )
+        stripe_client.v1.refunds.create(params={"charge": charge, "amount": 500})
+        assert balance_of(owner, user) == 125  # half of $10 back: half of 250 tokens
+        stripe_client.v1.refunds.create(params={"charge": charge})
+        assert balance_of(owner, user) == 0
+        history = client.get("/history/").data.decode()
+
+    assert "refunded" in history
+    kinds = owner.execute(
+        "select kind, delta from api.ledger_entries where user_id = %s order by id", [user]
+    ).fetchall()
+    assert [(k["kind"], k["delta"]) for k in kinds] == [
+        ("purchase", 250),
+        ("clawback", -125),
+        ("clawback", -125),
+    ]
     assert owner.execute("select * from api.ledger_audit()").fetchall() == []
