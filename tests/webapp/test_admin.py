@@ -211,8 +211,11 @@ def test_stats_page_charts_today_from_the_database(admin_client, app_conn, make_
     assert html.count('<rect class="bar"') == 4 * 7  # four charts, one bar per day
     assert int(after["sold"]) - int(before["sold"]) == 600
     assert int(after["consumed"]) - int(before["consumed"]) == 5
-    dollars = [float(v.strip("$").replace(",", "")) for v in (before["revenue"], after["revenue"])]
-    assert dollars[1] - dollars[0] == 20.0
+    cents = [
+        int(v.strip("$").replace(",", "").replace(".", ""))
+        for v in (before["revenue"], after["revenue"])
+    ]
+    assert cents[1] - cents[0] == 2000
     assert after["conversion"].endswith("%")
 
 
