@@ -748,3 +748,61 @@ def test_cli_serves_with_the_flags_scripts_run_uses(receiver: Receiver) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert b"whsec_" not in err  # the secret is never logged
+
+
+# --------------------------------------------------------------------------- with the real app
+
+
+def test_a_purchase_and_refund_through_the_real_app(
+    make_app: Any, owner: Any, emulator: EmulatorServer
+) -> None:
+    """The app's own Checkout, success page and webhook code accept what the emulator sends."""
+    from tests.conftest import PASSWORD, audit, balance_of
+    from tests.support.servers import serve
+
+    app = make_app(
+        STRIPE_API_BASE=emulator.url,
+        STRIPE_SECRET_KEY="sk_test_emulator",
+        STRIPE_WEBHOOK_SECRET=SECRET,
+        PUBLIC_BASE_URL="",
+        PAYMENTS_SIMULATED=True,
+    )
+    with serve(app) as app_url:
+        emulator.emulator.config.webhook_url = f"{app_url}/api/webhook/stripe"
+        browser = requests.Session()
+        email = f"emulator-{time.time_ns()}@example.test"
+        browser.post(f"{app_url}/auth/register", data={"email": email, "password": PASSWORD})
+        buy = browser.get(f"{app_url}/billing/buy", timeout=10)
+        nonce = re.search(r'name="nonce" value="([^"]+)"', buy.text)
+        assert nonce, "not logged in, or the buy page changed"
+        checkout = browser.post(
+            f"{app_url}/billing/checkout",
+            data={"package": "tokens_100", "nonce": nonce.group(1)},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert checkout.status_code == 303
+        pay_url = checkout.headers["Location"]
+        assert pay_url.startswith(f"{emulator.url}/pay/cs_test_")
+        assert email in browser.get(pay_url, timeout=10).text
+
+        paid = browser.post(pay_url, data=CARD, allow_redirects=False, timeout=30)
+        assert paid.status_code == 303
+        assert paid.headers["Location"].startswith(f"{app_url}/billing/success?session_id=")
+        assert browser.get(paid.headers["Location"], timeout=30).status_code == 200
+
+        user = owner.execute("select id from api.accounts where email = %s", [email]).fetchone()
+        assert balance_of(owner, user["id"]) == 100
+        sent = list(emulator.emulator.events)
+        outcomes = owner.execute(
+            "select type, outcome from api.stripe_events where id = any(%s)", [sent]
+        ).fetchall()
+        assert {row["type"] for row in outcomes} == SUCCESS_EVENTS  # the duplicate is one row
+        assert len(outcomes) == 3
+        assert {row["outcome"] for row in outcomes} <= {"processed", "ignored"}
+
+        (charge,) = [c for c in emulator.emulator.charges.values() if c["receipt_email"] == email]
+        client = stripe.StripeClient("sk_test_emulator", base_addresses={"api": emulator.url})
+        client.v1.refunds.create(params={"charge": charge["id"]})
+        assert balance_of(owner, user["id"]) == 0
+        assert audit(owner) == []
