@@ -643,7 +643,11 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         keep_logs=args.keep_logs,
     )
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except KeyboardInterrupt:
+        print("interrupted: server and cluster stopped", file=sys.stderr)
+        return 130
     print(f"fault injection, seed {result.seed}")
     print(result.table())
     if result.log_dir:
