@@ -58,7 +58,9 @@ def live(make_app) -> Iterator[tuple[str, EmulatorServer]]:
             yield server.url, emulator
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in this thread
+# while it is open, and the agent's asyncio.run() in later (non-browser) tests would fail.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
