@@ -393,6 +393,7 @@ def measure_consume(
     (sequential scans, rows read per consume) over both."""
     users = db.users
     with connect_owner(db.url) as conn:
+        settle_stats()  # the load's and count's scans must not land in this measurement
         before = table_stats(conn, "ledger")
     single = run_clients(
         db.url,

@@ -4,7 +4,8 @@
 # - creates .venv (python3 -m venv) and installs requirements-dev.txt into it, skipping pip
 #   while the stamp of the requirements' hash is current; puts .venv/bin first on PATH;
 # - with TOKENBILL_SYSTEM_PREREQS=1 (scripts/test), installs the Debian packages the test suite
-#   drives when they are missing and we are root: postgresql, chromium, golang-go.
+#   drives when they are missing and we are root: postgresql, chromium, golang-go,
+#   docker-compose (only to validate docker-compose.yml; no engine is needed).
 # Quiet on success; a failing step prints its output.
 
 TOKENBILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +49,9 @@ _tb_system_prereqs() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
   command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
+  if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    pkgs+=(docker-compose)
+  fi
   if [[ ${#pkgs[@]} -gt 0 ]]; then
     # Not fatal: PostgreSQL falls back to pgserver's binaries; the rest fails visibly in tests.
     _tb_apt_install "${pkgs[@]}" || _tb_log "continuing without: ${pkgs[*]}"
