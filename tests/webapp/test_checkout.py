@@ -318,6 +318,16 @@ def test_paid_session_fulfilment_grants_once(app_conn, owner, make_user):
 CARD = {"card_number": "4242 4242 4242 4242", "expiry": "12 / 34", "cvc": "123"}
 
 
+def assert_granted_once(owner, user) -> None:
+    """Exactly one purchase in the user's ledger, and every balance agrees with its ledger."""
+    grants = owner.execute(
+        "select count(*) as n from api.ledger_entries where user_id = %s and kind = 'purchase'",
+        [user],
+    ).fetchone()
+    assert grants["n"] == 1
+    assert owner.execute("select * from api.ledger_audit()").fetchall() == []
+
+
 @contextmanager
 def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActions, str]]:
     """Checkout through our view, pay on the emulator's page; yields (client, auth, session)."""
@@ -365,12 +375,7 @@ def test_success_page_grants_when_the_webhook_has_not_arrived(make_app, owner):
     assert "View your receipt" in html
     assert again.status_code == 200 and 'id="new-balance">250<' in again.data.decode()
     assert balance_of(owner, user) == 250
-    grants = owner.execute(
-        "select count(*) as n from api.ledger_entries where user_id = %s and kind = 'purchase'",
-        [user],
-    ).fetchone()
-    assert grants["n"] == 1
-    assert owner.execute("select * from api.ledger_audit()").fetchall() == []
+    assert_granted_once(owner, user)
 
 
 def test_success_page_after_the_webhook_shows_the_same_single_grant(make_app, owner):
@@ -397,12 +402,7 @@ def test_success_page_after_the_webhook_shows_the_same_single_grant(make_app, ow
         )
     )
     assert details == ["already_granted 250 tokens", "granted 250 tokens"]
-    grants = owner.execute(
-        "select count(*) as n from api.ledger_entries where user_id = %s and kind = 'purchase'",
-        [user],
-    ).fetchone()
-    assert grants["n"] == 1
-    assert owner.execute("select * from api.ledger_audit()").fetchall() == []
+    assert_granted_once(owner, user)
 
 
 def test_refunds_through_the_emulator_take_tokens_back_end_to_end(make_app, owner):
