@@ -62,6 +62,10 @@ HISTORY_PAGE_SQL = (
     "select * from api.ledger_entries where user_id = %s order by id desc limit 50 offset %s"
 )
 HISTORY_COUNT_SQL = "select count(*) from api.ledger_entries where user_id = %s"
+# What the history page runs (keyset, ?before=<id>): one index range scan at any depth.
+HISTORY_KEYSET_SQL = (
+    "select * from api.ledger_entries where user_id = %s and id < %s order by id desc limit 50"
+)
 PURCHASES_SQL = "select * from api.purchases where user_id = %s order by created_at desc limit 50"
 REPLAY_LOOKUP_SQL = (
     "select l.balance_after from tokenbill.ledger l"
@@ -505,11 +509,23 @@ def run_history(db: ScaleDb, opts: Options, out: Out) -> None:
             "select count(*) from tokenbill.ledger where user_id = %s", [typical]
         ).fetchone()
         typical_rows = int(row[0]) if row else 0
+        cursors = {
+            o: conn.execute(
+                "select id from tokenbill.ledger where user_id = %s order by id desc"
+                " offset %s limit 1",
+                [heavy, o],
+            ).fetchone()[0]  # type: ignore[index]
+            for o in opts.deep_offsets
+        }
     queries: list[tuple[str, str, list[Any]]] = [
         ("ledger page 1 (offset 0)", HISTORY_PAGE_SQL, [heavy, 0]),
         *(
             (f"ledger page {o // 50 + 1:,} (offset {o:,})", HISTORY_PAGE_SQL, [heavy, o])
             for o in opts.deep_offsets
+        ),
+        *(
+            (f"ledger keyset at depth {o:,} (the page's query)", HISTORY_KEYSET_SQL, [heavy, c])
+            for o, c in cursors.items()
         ),
         ("ledger count(*) for the user", HISTORY_COUNT_SQL, [heavy]),
         (f"typical account ({typical_rows:,} rows): page 1", HISTORY_PAGE_SQL, [typical, 0]),

@@ -18,7 +18,7 @@ from .billing import money
 from .charts import bar_chart
 from .db import get_db
 from .extensions import login_manager
-from .history import KIND_LABELS, ledger_page, page_arg, paginate
+from .history import KIND_LABELS, before_arg, ledger_page, page_arg, paginate
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -77,8 +77,8 @@ def index():
 
 
 def _render_user(user: dict[str, Any], status: int = 200, **form: Any):
-    page = page_arg("page")
-    entries, more = ledger_page(user["id"], page, PAGE_SIZE)
+    before = before_arg()
+    entries, more = ledger_page(user["id"], before, PAGE_SIZE)
     purchases = get_db().fetch_all(
         "select created_at, package_code, amount_cents, currency, tokens_granted,"
         " display_status, reason, payment_intent_id from api.purchases where user_id = %s"
@@ -90,7 +90,7 @@ def _render_user(user: dict[str, Any], status: int = 200, **form: Any):
             "admin/user.html",
             user=user,
             entries=entries,
-            page=page,
+            before=before,
             more=more,
             purchases=purchases,
             kind_labels=KIND_LABELS,

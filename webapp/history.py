@@ -1,4 +1,7 @@
-"""Purchase and token history of the signed-in user, newest first, paginated with ``?page=``.
+"""Purchase and token history of the signed-in user, newest first.
+
+Token activity pages by keyset (``?before=<ledger id>``): every page costs one index range
+scan however old it is, where OFFSET would walk all newer rows (docs/performance.md).
 
 Purchases and token movements are read from api.purchases and api.ledger_entries, always
 filtered by the session's user id, so nobody can page into someone else's rows.
@@ -38,22 +41,38 @@ def paginate(query: str, params: list[Any], page: int, size: int = PAGE_SIZE):
     return rows[:size], len(rows) > size
 
 
-def ledger_page(user_id: UUID, page: int, size: int = PAGE_SIZE):
-    """A page of the user's token movements (shared with the admin user page)."""
-    return paginate(
-        "select id, kind, delta, balance_after, request_id, reason, payment_intent_id,"
-        " dispute_id, created_at from api.ledger_entries where user_id = %s order by id desc",
-        [user_id],
-        page,
-        size,
-    )
+def before_arg(name: str = "before") -> int | None:
+    """A ledger id cursor from the query string; junk or absent means the newest page."""
+    value = request.args.get(name, type=int)
+    return value if value is not None and value > 0 else None
+
+
+LEDGER_COLUMNS = (
+    "select id, kind, delta, balance_after, request_id, reason, payment_intent_id,"
+    " dispute_id, created_at from api.ledger_entries where user_id = %s"
+)
+
+
+def ledger_page(user_id: UUID, before: int | None, size: int = PAGE_SIZE):
+    """The user's token movements older than ``before`` (newest first), and whether more exist.
+
+    Shared with the admin user page. Two query forms so that the cursor is an index condition
+    on ledger_user_idx (user_id, id desc), not a filter.
+    """
+    if before is None:
+        query, params = f"{LEDGER_COLUMNS} order by id desc limit %s", [user_id, size + 1]
+    else:
+        query = f"{LEDGER_COLUMNS} and id < %s order by id desc limit %s"
+        params = [user_id, before, size + 1]
+    rows = get_db().fetch_all(query, params)
+    return rows[:size], len(rows) > size
 
 
 @bp.get("/")
 @login_required
 def index():
-    """Purchases (``?purchases_page=``) and token activity (``?page=``) of the current user."""
-    page, purchases_page = page_arg("page"), page_arg("purchases_page")
+    """Purchases (``?purchases_page=``) and token activity (``?before=``) of the current user."""
+    before, purchases_page = before_arg(), page_arg("purchases_page")
     purchases, more_purchases = paginate(
         "select p.created_at, p.package_code, k.name as package_name, p.amount_cents,"
         " p.currency, p.tokens_granted, p.tokens_clawed, p.refunded_cents, p.receipt_url,"
@@ -62,14 +81,14 @@ def index():
         [current_user.id],
         purchases_page,
     )
-    entries, more_entries = ledger_page(current_user.id, page)
+    entries, more_entries = ledger_page(current_user.id, before)
     return render_template(
         "history/index.html",
         purchases=purchases,
         purchases_page=purchases_page,
         more_purchases=more_purchases,
         entries=entries,
-        page=page,
+        before=before,
         more_entries=more_entries,
         kind_labels=KIND_LABELS,
     )

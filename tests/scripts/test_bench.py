@@ -138,6 +138,7 @@ def test_full_run_prints_every_table_and_leaves_an_empty_audit(
     assert [r[0].split(" (")[0] for r in history[1:]] == [
         "ledger page 1",
         "ledger page 3",
+        "ledger keyset at depth 100",
         "ledger count(*) for the user",
         "typical account",
         "purchases",

@@ -74,12 +74,22 @@ def test_activity_is_paginated_newest_first(app, app_conn, make_user):
     ids = re.findall(r"<code>(page-req-\d+)</code>", first)
     assert ids == [f"page-req-{i:02d}" for i in range(24, 4, -1)]  # 20 newest
     assert 'rel="next"' in first
-    second = client.get("/history/?page=2").get_data(as_text=True)
+    older = re.search(r'<a href="([^"]+)" rel="next">Older →</a>', first)
+    assert older and "before=" in older.group(1)
+    # new activity between page loads must not push rows into the next page twice
+    for i in range(3):
+        app_conn.execute("select api.consume(%s, %s)", [user, f"late-req-{i}"])
+    second = client.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert re.findall(r"<code>(page-req-\d+)</code>", second) == [
         f"page-req-{i:02d}" for i in range(4, -1, -1)
     ]
     assert "Adjustment by support" in second  # the oldest row: the funding
     assert 'rel="next"' not in second
+    assert 'rel="first"' in second
+    newest = re.findall(
+        r"<code>([a-z-]+\d+)</code>", client.get("/history/").get_data(as_text=True)
+    )
+    assert newest[:3] == ["late-req-2", "late-req-1", "late-req-0"]
     for junk in ("junk", "-3", "0"):
-        page = client.get(f"/history/?page={junk}").get_data(as_text=True)
-        assert re.findall(r"<code>(page-req-\d+)</code>", page) == ids  # treated as page 1
+        page = client.get(f"/history/?before={junk}").get_data(as_text=True)
+        assert re.findall(r"<code>([a-z-]+\d+)</code>", page) == newest  # the newest page
