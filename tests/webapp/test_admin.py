@@ -92,6 +92,19 @@ def test_user_page_shows_the_ledger(admin_client, owner, app_conn, make_user):
     assert admin_client.get("/admin/users/not-a-uuid").status_code == 404
 
 
+def test_user_ledger_pages_older_entries_by_cursor(admin_client, owner, app_conn, make_user):
+    user, _ = account(owner, make_user, balance=60)
+    for i in range(55):  # 56 rows with the funding: 50 on the first page
+        app_conn.execute("select api.consume(%s, %s)", [user, f"adm-page-{i:02d}"])
+    first = admin_client.get(f"/admin/users/{user}").get_data(as_text=True)
+    assert "adm-page-54" in first and "adm-page-05" in first and "adm-page-04" not in first
+    older = re.search(r'<a href="([^"]+)" rel="next">Older', first)
+    assert older
+    second = admin_client.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert re.findall(r"adm-page-\d+", second) == [f"adm-page-{i:02d}" for i in range(4, -1, -1)]
+    assert "test setup" in second and 'rel="next"' not in second
+
+
 def test_adjust_credits_with_reason_and_actor(admin_client, owner, make_user):
     user, _ = account(owner, make_user, balance=1)
     response = admin_client.post(
