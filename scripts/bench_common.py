@@ -286,6 +286,18 @@ def parse_table(text: str) -> list[list[str]]:
     return rows
 
 
+def parse_tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table in a benchmark's output, each as rows of cells (header first)."""
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            tables.append(parse_table("\n".join(block)))
+            block = []
+    return tables
+
+
 def progress(message: str) -> None:
     """Note progress on stderr so stdout holds only the results."""
     print(message, file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ from scripts.bench_common import (
     format_table,
     ledger_audit,
     parse_table,
+    parse_tables,
     percentile,
 )
 
@@ -37,18 +38,6 @@ TINY = [
     "--history-queries", "5",
     "--deep-offsets", "100",
 ]  # fmt: skip
-
-
-def _tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table in the output, each as rows of cells (header first)."""
-    tables, block = [], []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            block.append(line)
-        elif block:
-            tables.append(parse_table("\n".join(block)))
-            block = []
-    return tables
 
 
 def _database_exists(admin_url: str, name: str) -> bool:
@@ -114,7 +103,7 @@ def test_full_run_prints_every_table_and_leaves_an_empty_audit(
     assert bench_ledger.main(["--database-url", admin_url, *TINY]) == 0
     out = capsys.readouterr().out
 
-    throughput, ratios, scale, history, plans = _tables(out)
+    throughput, ratios, scale, history, plans = parse_tables(out)
     assert throughput[0] == ["scenario", "round", "ops", "ops/s", "p50 ms", "p99 ms"]
     scenarios = ["consume-hot", "baseline-hot", "consume-spread", "baseline-spread"]
     assert [(r[0], r[1]) for r in throughput[1:]] == [

@@ -14,21 +14,10 @@ import pytest
 
 from scripts import bench_http
 from scripts.bench_app import UNBILLED_PATH, create_bench_app
-from scripts.bench_common import parse_table
+from scripts.bench_common import parse_tables
 from tests.conftest import balance_of
 from webapp import create_app
 from webapp.api_auth import new_api_key
-
-
-def _tables(text: str) -> list[list[list[str]]]:
-    tables, block = [], []
-    for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            block.append(line)
-        elif block:
-            tables.append(parse_table("\n".join(block)))
-            block = []
-    return tables
 
 
 def _rules(app: Any) -> set[str]:
@@ -94,7 +83,7 @@ def test_tiny_run_prints_every_row(admin_url: str, capsys: pytest.CaptureFixture
     assert bench_http.main([*argv, "--rounds", "2", "--per-round", "3"]) == 0
 
     out = capsys.readouterr().out
-    webhooks, agent, overhead = _tables(out)
+    webhooks, agent, overhead = parse_tables(out)
     assert webhooks[0] == bench_http.WEBHOOK_HEADERS
     assert [(r[1], r[2], r[3]) for r in webhooks[1:]] == [("1", "6", "0"), ("2", "6", "0")]
     assert agent[0] == bench_http.AGENT_HEADERS
