@@ -167,30 +167,11 @@ class PrivatePostgres:
 
     def restart(self, mode: str = "fast") -> None:
         """``pg_ctl restart -m fast|immediate`` and wait until it accepts connections again."""
-        bindir = services._choose_bindir(self.data_dir)
-        user = services._ensure_service_user(self.data_dir)
-        proc = services._pg_ctl(
-            bindir,
-            self.data_dir,
-            user,
-            "restart",
-            "-m",
-            mode,
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            str(self.data_dir / "server.log"),
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"pg_ctl restart failed: {proc.stdout}{proc.stderr}")
+        services.restart_postgres(self.data_dir, mode)
 
     def version(self) -> str:
         """``postgres --version`` of the binaries this cluster runs."""
-        bindir = services._choose_bindir(self.data_dir)
-        return subprocess.run(
-            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+        return services.postgres_version(self.data_dir)
 
 
 @contextlib.contextmanager

@@ -452,6 +452,41 @@ def stop_postgres(data_dir: Path | None = None) -> bool:
     return True
 
 
+def restart_postgres(data_dir: Path, mode: str = "fast") -> None:
+    """``pg_ctl restart -m fast|immediate``, waiting until it accepts connections again.
+
+    For fault injection against a cluster of our own; never the shared development server.
+    """
+    bindir = _choose_bindir(data_dir)
+    user = _ensure_service_user(data_dir)
+    log.info("restarting PostgreSQL in %s (%s)", data_dir, mode)
+    _check(
+        _pg_ctl(
+            bindir,
+            data_dir,
+            user,
+            "restart",
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(data_dir / "server.log"),
+        ),
+        "pg_ctl restart",
+    )
+
+
+def postgres_version(data_dir: Path) -> str:
+    """``postgres --version`` of the binaries that run the cluster in data_dir."""
+    bindir = _choose_bindir(data_dir)
+    proc = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip()
+
+
 def ensure_database(admin_url: str, name: str) -> str:
     """Create database `name` if it is missing and return its URL (same server and user)."""
     import psycopg  # imported here so the rest of this module needs only the stdlib
