@@ -22,9 +22,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
+
+from webapp.db import connect_as
 
 log = logging.getLogger("tokenbill.alerts")
 
@@ -72,8 +72,7 @@ def run_once(
 ) -> tuple[int, int]:
     """Send every pending alert once; return (sent, failed)."""
     sent = failed = 0
-    with psycopg.connect(database_url, row_factory=dict_row) as conn:
-        conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
+    with connect_as(database_url, role, row_factory=dict_row) as conn:
         while True:
             with conn.transaction():
                 batch = conn.execute("select * from api.claim_alert_notifications(20)").fetchall()

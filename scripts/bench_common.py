@@ -25,8 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from scripts import migrate
-
-APP_ROLE = "tokenbill_app"
+from webapp.db import APP_ROLE, connect_as
 
 
 # ============================================================================================
@@ -68,9 +67,7 @@ def connect_owner(url: str) -> psycopg.Connection[tuple[Any, ...]]:
 
 def connect_as_app(url: str) -> psycopg.Connection[tuple[Any, ...]]:
     """An autocommit connection acting as tokenbill_app, exactly as the web app's pool does."""
-    conn = psycopg.connect(url, autocommit=True)
-    conn.execute(sql.SQL("set role {}").format(sql.Identifier(APP_ROLE)))
-    return conn
+    return connect_as(url, APP_ROLE, autocommit=True)
 
 
 def create_admin(conn: psycopg.Connection[Any], email: str | None = None) -> uuid.UUID:

@@ -23,9 +23,9 @@ from typing import Any, TextIO
 import psycopg
 import stripe
 from dotenv import load_dotenv
-from psycopg import sql
 from psycopg.rows import dict_row
 
+from webapp.db import connect_as
 from webapp.stripe_gateway import client_from_config, fulfil_session, grant_verdict
 from webapp.stripe_gateway import retrieve_session as stripe_retrieve
 
@@ -100,10 +100,7 @@ def reconcile(
 
 def connect(url: str, role: str) -> psycopg.Connection:
     """Autocommit (each fulfilment is one statement, hence atomic), as the app's role."""
-    conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
-    if role:
-        conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
-    return conn
+    return connect_as(url, role, autocommit=True, row_factory=dict_row)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from scripts import migrate
+from webapp.db import connect_as
 
 WEBHOOK_SECRET = "whsec_test_tokenbill_secret"
 PASSWORD = "correct horse battery"
@@ -68,9 +69,7 @@ def owner(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
 
 def connect_as_app(database_url: str) -> psycopg.Connection[dict[str, Any]]:
     """A connection that acts as tokenbill_app, exactly like the web app's pool."""
-    conn = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
-    conn.execute("set role tokenbill_app")
-    return conn
+    return connect_as(database_url, autocommit=True, row_factory=dict_row)
 
 
 @pytest.fixture

@@ -17,8 +17,26 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 EXTENSION_KEY = "tokenbill_db"
+APP_ROLE = "tokenbill_app"
 
 Row = dict[str, Any]
+
+
+def set_role(conn: psycopg.Connection[Any], role: str | None) -> None:
+    """Act as ``role`` for the rest of this session (nothing when role is empty)."""
+    if role:
+        conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
+
+
+def connect_as(url: str, role: str | None = APP_ROLE, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A single connection acting as ``role``, like the pool's: for scripts and tests."""
+    conn = psycopg.connect(url, **kwargs)
+    try:
+        set_role(conn, role)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class Database:
@@ -39,8 +57,7 @@ class Database:
         )
 
     def _configure(self, conn: psycopg.Connection) -> None:
-        if self.role:
-            conn.execute(sql.SQL("set role {}").format(sql.Identifier(self.role)))
+        set_role(conn, self.role)
         conn.commit()
 
     def open(self) -> None:
