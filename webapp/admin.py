@@ -24,8 +24,14 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 PAGE_SIZE = 50
 EVENT_OUTCOMES = ("received", "processed", "ignored", "rejected", "failed")
-ATTENTION = ("ignored", "rejected", "failed")
 PROBLEM_STATUSES = ("rejected", "failed")
+# ?outcome= / ?status= filters: a name for a group, or any single value
+OUTCOME_FILTERS = {
+    "attention": ("ignored", "rejected", "failed"),
+    "all": EVENT_OUTCOMES,
+    **{o: (o,) for o in EVENT_OUTCOMES},
+}
+STATUS_FILTERS = {"problems": PROBLEM_STATUSES, **{s: (s,) for s in PROBLEM_STATUSES}}
 
 
 @bp.before_request
@@ -42,6 +48,14 @@ def _like(term: str) -> str:
     """An ILIKE pattern matching ``term`` literally anywhere."""
     escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def _filter_arg(name: str, default: str, filters: dict[str, tuple[str, ...]]):
+    """The chosen filter's name and the values it selects; 400 for an unknown one."""
+    choice = request.args.get(name, default)
+    if choice not in filters:
+        abort(400, f"Unknown {name} filter.")
+    return choice, filters[choice]
 
 
 def _user_or_404(raw_id: str) -> dict[str, Any]:
@@ -141,15 +155,7 @@ def adjust(user_id: str):
 @bp.get("/events")
 def events():
     """The Stripe webhook inbox; by default only events that need a look."""
-    outcome = request.args.get("outcome", "attention")
-    if outcome == "attention":
-        outcomes: tuple[str, ...] = ATTENTION
-    elif outcome == "all":
-        outcomes = EVENT_OUTCOMES
-    elif outcome in EVENT_OUTCOMES:
-        outcomes = (outcome,)
-    else:
-        abort(400, "Unknown outcome filter.")
+    outcome, outcomes = _filter_arg("outcome", "attention", OUTCOME_FILTERS)
     page = page_arg("page")
     rows, more = paginate(
         "select id, type, received_at, processed_at, outcome, detail, attempts"
@@ -171,13 +177,7 @@ def events():
 @bp.get("/payments")
 def payments():
     """Payments that granted nothing: rejected (with the reason) or failed."""
-    status = request.args.get("status", "problems")
-    if status == "problems":
-        statuses: tuple[str, ...] = PROBLEM_STATUSES
-    elif status in PROBLEM_STATUSES:
-        statuses = (status,)
-    else:
-        abort(400, "Unknown status filter.")
+    status, statuses = _filter_arg("status", "problems", STATUS_FILTERS)
     page = page_arg("page")
     rows, more = paginate(
         "select p.created_at, p.updated_at, p.payment_intent_id, p.package_code, p.amount_cents,"

@@ -77,16 +77,16 @@ def retrieve_session(client: stripe.StripeClient, session_id: str) -> str:
 def fulfil_session(
     conn: psycopg.Connection, session_json: str, user_id: UUID | str
 ) -> dict[str, Any]:
-    """Run the idempotent fulfilment for a session of ``user_id`` (TB002 if it is not theirs)."""
-    cur = conn.execute(
+    """Run the idempotent fulfilment for a session of ``user_id`` (TB002 if it is not theirs).
+
+    ``conn`` must return dict rows, as the app's pool and the scripts' connections do.
+    """
+    row = conn.execute(
         "select * from api.fulfil_checkout_session(%s::jsonb, %s::uuid)",
         [session_json, str(user_id)],
-    )
-    row = cur.fetchone()
+    ).fetchone()
     if row is None:  # pragma: no cover - the function always returns one row or raises
         raise RuntimeError("api.fulfil_checkout_session returned no row")
-    if not isinstance(row, dict):
-        row = dict(zip([c.name for c in cur.description or []], row, strict=True))
     return row
 
 
