@@ -72,7 +72,9 @@ def run_once(
 ) -> tuple[int, int]:
     """Send every pending alert once; return (sent, failed)."""
     sent = failed = 0
-    with connect_as(database_url, role, row_factory=dict_row) as conn:
+    # autocommit: each batch below is its own transaction, committed before the next is
+    # claimed, so a crash never rolls back (and re-sends) alerts already delivered
+    with connect_as(database_url, role, autocommit=True, row_factory=dict_row) as conn:
         while True:
             with conn.transaction():
                 batch = conn.execute("select * from api.claim_alert_notifications(20)").fetchall()

@@ -7,7 +7,7 @@ import hmac
 import http.server
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,6 +21,7 @@ class Receiver(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.received: list[tuple[str, bytes]] = []
         self.fail_next = 0
+        self.on_delivery: Callable[[], None] | None = None
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -32,6 +33,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.server.fail_next -= 1
             self.send_response(503)
         else:
+            if self.server.on_delivery:
+                self.server.on_delivery()
             self.server.received.append((self.headers["Tokenbill-Signature"], body))
             self.send_response(204)
         self.end_headers()
@@ -104,3 +107,28 @@ def test_signature_header_matches_the_stripe_scheme():
     header = alert_notifier.signature_header(b'{"a":1}', "s", timestamp=1700000000)
     expected = hmac.new(b"s", b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
     assert header == f"t=1700000000,v1={expected}"
+
+
+def test_each_batch_is_committed_before_the_next_is_sent(
+    database_url, owner, app_conn, make_user, receiver
+):
+    """A crash mid-run must not roll back alerts already delivered (they would be sent again)."""
+    url = f"http://127.0.0.1:{receiver.server_port}/hook"
+    alert_notifier.run_once(database_url, url, SECRET)  # drain what other tests left
+    users = [make_user(balance=10) for _ in range(21)]  # one more than a batch of 20
+    for user in users:
+        app_conn.execute("select * from api.consume(%s, 'b1')", [user])
+    seen_committed: list[int] = []
+
+    def count_committed() -> None:
+        row = owner.execute(
+            "select count(*) as n from api.low_balance_alerts"
+            " where user_id = any(%s) and notified_at is not null",
+            [users],
+        ).fetchone()
+        seen_committed.append(row["n"])
+
+    receiver.on_delivery = count_committed
+    assert alert_notifier.run_once(database_url, url, SECRET) == (21, 0)
+    assert seen_committed[:20] == [0] * 20
+    assert seen_committed[20] == 20  # the first batch was durable before the 21st was posted
