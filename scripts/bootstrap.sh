@@ -5,7 +5,8 @@
 #   while the stamp of the requirements' hash is current; puts .venv/bin first on PATH;
 # - with TOKENBILL_SYSTEM_PREREQS=1 (scripts/test), installs the Debian packages the test suite
 #   drives when they are missing and we are root: postgresql, chromium, golang-go,
-#   docker-compose (only to validate docker-compose.yml; no engine is needed).
+#   docker-compose (only to validate docker-compose.yml; no engine is needed), and pgTAP with
+#   pg_prove for the DBAs' SQL tests under db/tests.
 # Quiet on success; a failing step prints its output.
 
 TOKENBILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,7 +57,20 @@ _tb_system_prereqs() {
     # Not fatal: PostgreSQL falls back to pgserver's binaries; the rest fails visibly in tests.
     _tb_apt_install "${pkgs[@]}" || _tb_log "continuing without: ${pkgs[*]}"
   fi
+  _tb_pgtap || _tb_log "continuing without pgTAP (tests/db/test_pgtap.py will fail)"
   return 0
+}
+
+# pgTAP for the PostgreSQL major that Debian installed (15 on bookworm, 16 on noble), and pg_prove.
+_tb_pgtap() {
+  local initdb major
+  initdb="$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1)" || return 1
+  major="$(basename "$(dirname "$(dirname "$initdb")")")"
+  if [[ -f /usr/share/postgresql/$major/extension/pgtap.control ]] && command -v pg_prove \
+    >/dev/null 2>&1; then
+    return 0
+  fi
+  _tb_apt_install "postgresql-$major-pgtap" libtap-parser-sourcehandler-pgtap-perl
 }
 
 _tb_venv() {
