@@ -46,10 +46,18 @@ def from_env() -> dict[str, Any]:
         "PAYMENTS_SIMULATED": _flag("PAYMENTS_SIMULATED", default=False),
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", "").rstrip("/"),
         "AGENT_TOKEN_COST": _int("AGENT_TOKEN_COST", 1),
-        "AGENT_RATE_LIMIT": os.environ.get("AGENT_RATE_LIMIT", "5 per minute"),
+        # The buyer pays per message: the limit protects the service from floods, not the
+        # price, so it must not get in the way of a person chatting (or a script with a key).
+        "AGENT_RATE_LIMIT": os.environ.get("AGENT_RATE_LIMIT", "60 per minute"),
         "AGENT_TIMEOUT_SECONDS": _int("AGENT_TIMEOUT_SECONDS", 60),
         "AUTH_RATE_LIMIT": os.environ.get("AUTH_RATE_LIMIT", "10 per minute"),
+        # memory:// counts per process: with several gunicorn workers every limit would be
+        # multiplied by their number, so those need shared storage (redis://host:6379/0).
         "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", "memory://"),
+        # Exact: never more than N requests in any window, not 2N across a window boundary.
+        "RATELIMIT_STRATEGY": "moving-window",
+        # Redis down: keep limiting in each worker's memory (and serve) until it is back.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "LLM_BASE_URL": os.environ.get("LLM_BASE_URL", ""),
         "LLM_API_KEY": os.environ.get("LLM_API_KEY", ""),
         "LLM_MODEL": os.environ.get("LLM_MODEL", ""),
