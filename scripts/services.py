@@ -14,6 +14,7 @@ CLI::
 
     python -m scripts.services up [--database NAME] [--no-stripe-mock]   # prints export lines
     python -m scripts.services status
+    python -m scripts.services url [--database NAME]   # the embedded URL; starts nothing
     python -m scripts.services down
 """
 
@@ -757,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-stripe-mock", action="store_true", help="only PostgreSQL")
     down = sub.add_parser("down", help="stop what `up` started")
     status = sub.add_parser("status", help="say what answers")
-    for p in (up, down, status):
+    url = sub.add_parser("url", help="print the embedded cluster's URL (starts nothing)")
+    url.add_argument("--database", metavar="NAME", default="postgres")
+    for p in (up, down, status, url):
         p.add_argument(
             "--pg-port",
             type=int,
@@ -788,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_stripe_mock_binary()
                 mock_url = ensure_stripe_mock(args.stripe_mock_port)
                 print(f"export STRIPE_MOCK_URL={shlex.quote(mock_url)}")
+        elif args.command == "url":
+            print(pg_url(args.pg_port, args.database))
         elif args.command == "down":
             stop_all(args.stripe_mock_port)
         else:

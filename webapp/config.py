@@ -20,17 +20,36 @@ def _flag(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed: the message says which and how to fix it."""
+
+
+MISSING_DATABASE_URL = (
+    "DATABASE_URL is not set: run `bash scripts/run` once (it writes its embedded database's"
+    " URL to .env) or set it in the environment"
+)
+
+
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
 
 
-def from_env() -> dict[str, Any]:
-    """Build the Flask config mapping from environment variables."""
+def from_env(cli: bool = False) -> dict[str, Any]:
+    """Build the Flask config mapping from environment variables.
+
+    ``cli``: loaded by an operator command, which signs no sessions: no SECRET_KEY warning.
+    """
     secret_key = os.environ.get("SECRET_KEY")
     if not secret_key:
         # Fine for a laptop; sessions do not survive a restart. Production must set it.
-        log.warning("SECRET_KEY is not set: using a random key for this process")
+        if not cli:
+            log.warning("SECRET_KEY is not set: using a random key for this process")
         secret_key = secrets.token_urlsafe(32)
     stripe_key = os.environ.get("STRIPE_SECRET_KEY", "")
     return {

@@ -82,13 +82,15 @@ class Database:
 
 
 def init_app(app: Flask) -> None:
-    """Create the pool for this app; it opens in the background so start-up never blocks."""
+    """Create the pool for this app; it opens on first use, so an operator command (which
+    never uses it) does not start connecting, and start-up never blocks."""
     database = Database(
         app.config["DATABASE_URL"], app.config["DATABASE_ROLE"], app.config["DATABASE_POOL_MAX"]
     )
-    database.open()
     app.extensions[EXTENSION_KEY] = database
 
 
 def get_db() -> Database:
-    return current_app.extensions[EXTENSION_KEY]
+    database: Database = current_app.extensions[EXTENSION_KEY]
+    database.open()  # idempotent (and locked) in psycopg_pool; connects in the background
+    return database

@@ -59,6 +59,7 @@ def test_healthz_does_not_wait_for_a_busy_pool(make_app):
     """Every pooled connection is taken by slow requests: the probe still answers 200."""
     app = make_app(DATABASE_POOL_MAX=1)
     database = app.extensions["tokenbill_db"]
+    database.open()
     database.pool.wait(timeout=10)
     with database.connection():
         response, elapsed = _timed_get(app)
