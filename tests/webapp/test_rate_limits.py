@@ -8,7 +8,6 @@ shared storage (Redis) whenever more than one process serves; a 429 always carri
 from __future__ import annotations
 
 import re
-import tempfile
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +98,7 @@ def test_a_dead_redis_neither_breaks_the_service_nor_lifts_the_limit(make_app, m
 
 LIMIT = 5
 CALLS = 24
+MEMORY_WARNING = "RATELIMIT_STORAGE_URI is memory:// with 2 workers"
 
 
 def _flood(url: str, secret: str) -> list[int]:
@@ -120,11 +120,12 @@ def _flood(url: str, secret: str) -> list[int]:
         return list(pool.map(call, range(CALLS)))
 
 
-def test_the_limit_is_exact_across_two_gunicorn_workers(database_url, make_user, owner) -> None:
+def test_the_limit_is_exact_across_two_gunicorn_workers(
+    database_url, make_user, owner, tmp_path: Path
+) -> None:
     user = make_user(balance=100)
     secret = create_key(owner, user)
-    log_dir = Path(tempfile.mkdtemp(prefix="tokenbill-ratelimit-"))
-    log_path = log_dir / "gunicorn.log"
+    log_path = tmp_path / "gunicorn.log"
     with redis_server() as storage:
         env = {
             "DATABASE_URL": database_url,
@@ -142,9 +143,22 @@ def test_the_limit_is_exact_across_two_gunicorn_workers(database_url, make_user,
             extra_args=("--no-control-socket", *access_log),
         ) as server:
             statuses = _flood(server.url, secret)
-    served_by = set(re.findall(r"pid=<?(\d+)>? /api/agent ", log_path.read_text()))
+    log = log_path.read_text()
+    served_by = set(re.findall(r"pid=<?(\d+)>? /api/agent ", log))
+    assert MEMORY_WARNING not in log
 
     # Both workers answered agent calls, yet together they let exactly LIMIT through.
     assert len(served_by) == 2, procs.tail(log_path)
     assert Counter(statuses) == {200: LIMIT, 429: CALLS - LIMIT}
     assert balance_of(owner, user) == 100 - LIMIT
+
+
+def test_gunicorn_warns_when_workers_would_count_limits_apart(database_url, tmp_path: Path):
+    """The misconfigured operator: 2 workers, counters in memory. gunicorn.conf.py says so."""
+    log_path = tmp_path / "gunicorn.log"
+    env = {"DATABASE_URL": database_url, "SECRET_KEY": "test-secret-key"}
+    with procs.gunicorn(
+        "webapp:create_app()", env, log_path, workers=2, extra_args=("--no-control-socket",)
+    ):
+        pass
+    assert MEMORY_WARNING in log_path.read_text()
