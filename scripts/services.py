@@ -427,7 +427,8 @@ def _serving_data_dir(port: int) -> Path | None:
                 row = conn.execute("show data_directory").fetchone()
             return Path(row[0]) if row else None
         except psycopg.Error as exc:
-            busy = "the database system is" in str(exc)  # starting up / shutting down
+            # Starting up / shutting down, or full: ask again rather than call it foreign.
+            busy = any(s in str(exc) for s in ("the database system is", "too many clients"))
             if not busy or time.monotonic() >= deadline:
                 log.debug("port %d: %s", port, exc)
                 return None
