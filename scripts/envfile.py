@@ -26,10 +26,16 @@ HEADER = "# Written by scripts/run for this checkout; edit or remove freely (it 
 
 
 def _format(key: str, value: str) -> str:
-    """KEY=VALUE, quoted when needed so both bash and python-dotenv read the same value."""
+    """KEY=VALUE, quoted when needed so that bash and python-dotenv read the same value.
+
+    Single quotes mean the same to both, except for ' and \\ inside them (dotenv unescapes,
+    bash does not): such values are refused rather than read differently by the two.
+    """
     if re.fullmatch(r"[A-Za-z0-9_@%+=:,./~-]*", value):
         return f"{key}={value}"
-    return "{}='{}'".format(key, value.replace("'", "'\\''"))
+    if "'" in value or "\\" in value or "\n" in value:
+        raise ValueError(f"{key}: a value with quotes, backslashes or newlines is not portable")
+    return f"{key}='{value}'"
 
 
 def set_defaults(path: Path, values: Mapping[str, str]) -> list[str]:
