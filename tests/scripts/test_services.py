@@ -183,6 +183,20 @@ def test_building_stripe_mock_works_with_every_other_go_hidden(tmp_path: Path) -
     assert Path(which_go).parent == Path(sys.executable).parent
     assert Path(built) == gobin / "stripe-mock"
     assert _go_version_of(Path(built)) == _venv_go_version()
+
+    # And the whole setup step of scripts/test, as CI runs it: Go hidden, HOME fresh.
+    up = subprocess.run(
+        [sys.executable, "-m", "scripts.services", "up"],
+        cwd=services.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr
+    assert f"DATABASE_ADMIN_URL={services.pg_url()}" in up.stdout
+    assert "STRIPE_MOCK_URL=" in up.stdout
     assert not (home / "go").exists() and not (home / ".cache").exists()
 
 
