@@ -41,6 +41,8 @@ async def _probe(url: str, role: str | None, budget: float) -> int:
 def healthz():
     """200 when PostgreSQL answers and the migrations are applied, else 503 — within 1 s."""
     config = current_app.config
+    if not config["DATABASE_URL"]:  # `flask run` without configuration
+        return jsonify(status="unavailable", database="not configured"), 503
     try:
         packages = asyncio.run(
             _probe(config["DATABASE_URL"], config["DATABASE_ROLE"] or None, PROBE_BUDGET_SECONDS)
