@@ -172,8 +172,13 @@ def test_two_web_workers_share_rate_limits_in_redis(raw: dict[str, Any]) -> None
     services = raw["services"]
     assert "--workers 2" in services["web"]["command"][-1]
     assert services["web"]["environment"]["RATELIMIT_STORAGE_URI"] == "redis://redis:6379/0"
-    assert services["redis"]["image"].startswith("redis:")
+    assert services["redis"]["build"] == "docker/redis"
     assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+    assert "ports" not in services["redis"]  # only the compose network reaches it
+    dockerfile = (REPO / "docker" / "redis" / "Dockerfile").read_text()
+    assert "FROM debian:bookworm-slim" in dockerfile
+    assert "apt-get install -y --no-install-recommends redis-server" in dockerfile
+    assert "\nUSER redis\n" in dockerfile
 
 
 def test_stripe_mock_listens_on_12111(raw: dict[str, Any]) -> None:
