@@ -14,7 +14,7 @@ COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
 # Only what the app runs; .dockerignore keeps local state and secrets (.env, .data) out too.
-COPY pyproject.toml ./
+COPY pyproject.toml gunicorn.conf.py ./
 COPY db ./db
 COPY frontend ./frontend
 COPY scripts ./scripts

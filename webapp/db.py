@@ -16,6 +16,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from .config import MISSING_DATABASE_URL, ConfigError
+
 EXTENSION_KEY = "tokenbill_db"
 APP_ROLE = "tokenbill_app"
 
@@ -43,6 +45,7 @@ class Database:
     """A psycopg pool with small helpers returning dict rows."""
 
     def __init__(self, url: str, role: str | None, max_size: int = 10) -> None:
+        self.url = url
         self.role = role or None
         self.pool = ConnectionPool(
             url,
@@ -61,6 +64,10 @@ class Database:
         conn.commit()
 
     def open(self) -> None:
+        if not self.url:
+            # Only `flask` commands load the app without a URL; one that serves must not
+            # quietly try libpq's defaults (a local socket, some other cluster).
+            raise ConfigError(MISSING_DATABASE_URL)
         self.pool.open(wait=False)
 
     def close(self) -> None:
@@ -82,13 +89,15 @@ class Database:
 
 
 def init_app(app: Flask) -> None:
-    """Create the pool for this app; it opens in the background so start-up never blocks."""
+    """Create the pool for this app; it opens on first use, so an operator command (which
+    never uses it) does not start connecting, and start-up never blocks."""
     database = Database(
         app.config["DATABASE_URL"], app.config["DATABASE_ROLE"], app.config["DATABASE_POOL_MAX"]
     )
-    database.open()
     app.extensions[EXTENSION_KEY] = database
 
 
 def get_db() -> Database:
-    return current_app.extensions[EXTENSION_KEY]
+    database: Database = current_app.extensions[EXTENSION_KEY]
+    database.open()  # idempotent (and locked) in psycopg_pool; connects in the background
+    return database

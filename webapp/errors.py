@@ -7,11 +7,17 @@ A database that cannot be reached becomes 503, so clients (and Stripe) retry.
 from __future__ import annotations
 
 import logging
+import math
+import time
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from flask import Flask, Response, jsonify, render_template, request
+from flask_limiter.errors import RateLimitExceeded
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
+
+from .extensions import limiter
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,36 @@ def error_response(status: int, message: str) -> tuple[Response | str, int]:
     return render_template("error.html", status=status, message=message), status
 
 
+def _retry_after_seconds(exc: RateLimitExceeded) -> int:
+    """Whole seconds until the breached limit lets one more request through (at least 1)."""
+    try:
+        current = limiter.current_limit
+        if current is not None:
+            reset = current.window.reset_time  # when the oldest counted request leaves
+            return max(1, math.ceil(reset - time.time()))
+    except Exception:  # storage trouble: fall back to the limit's whole window
+        log.warning("could not read the rate-limit window; answering with the full window")
+    return max(1, exc.limit.limit.get_expiry())
+
+
+def rate_limited_response(exc: RateLimitExceeded) -> tuple[Response | str, int, dict[str, str]]:
+    """429 with Retry-After, and a body that says when to retry (JSON or a readable page)."""
+    seconds = _retry_after_seconds(exc)
+    retry_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=seconds)
+    message = f"Too many requests (limit: {exc.limit.limit}). Try again in {seconds} seconds."
+    headers = {"Retry-After": str(seconds)}
+    if wants_json():
+        body = jsonify(
+            error=message,
+            limit=str(exc.limit.limit),
+            retry_after=seconds,
+            retry_at=retry_at.isoformat().replace("+00:00", "Z"),
+        )
+        return body, 429, headers
+    page = render_template("error.html", status=429, message=message)
+    return page, 429, headers
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(psycopg.Error)
     def database_error(exc: psycopg.Error):
@@ -54,6 +90,10 @@ def register(app: Flask) -> None:
     def pool_timeout(exc: PoolTimeout):
         log.error("no database connection available on %s %s", request.method, request.path)
         return error_response(503, "The service is temporarily unavailable; try again.")
+
+    @app.errorhandler(RateLimitExceeded)
+    def rate_limited(exc: RateLimitExceeded):
+        return rate_limited_response(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -89,7 +89,8 @@ def test_expire_agent_requests_command(app, owner, app_conn, make_user):
         "update tokenbill.messages set created_at = now() - interval '2 hours' where user_id = %s",
         [user],
     )
-    result = app.test_cli_runner().invoke(args=["expire-agent-requests", "--older-than", "60"])
+    # Older than an hour: only this request (backdated 2 h), never what earlier tests left pending.
+    result = app.test_cli_runner().invoke(args=["expire-agent-requests", "--older-than", "3600"])
     assert result.exit_code == 0 and "Expired 1" in result.output
     balance = owner.execute("select balance from api.accounts where id = %s", [user]).fetchone()
     assert balance["balance"] == 1
