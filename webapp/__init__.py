@@ -14,7 +14,7 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask
 
-from . import config, db, errors
+from . import config, db, errors, security
 from .extensions import csrf, limiter, login_manager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,9 +35,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     if not app.config["DATABASE_URL"]:
-        raise RuntimeError("DATABASE_URL is not set (scripts/run sets one up for you)")
+        raise config.ConfigError("DATABASE_URL is not set (scripts/run sets one up for you)")
+    config.check(app.config)
 
     db.init_app(app)
+    security.init_app(app)  # first: its body check runs before anything reads the body
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"

@@ -285,7 +285,7 @@ def test_cancel_page_says_nothing_was_charged(buyer):
     assert b'href="/billing/buy"' in page.data
 
 
-def test_paid_session_fulfilment_grants_once(app_conn, owner, make_user):
+def test_paid_session_fulfilment_grants_once(app_conn, webhook_conn, owner, make_user):
     """The success page's service on a paid session (stripe-mock cannot return one)."""
     user = make_user()
     session = checkout_session_object(
@@ -297,8 +297,8 @@ def test_paid_session_fulfilment_grants_once(app_conn, owner, make_user):
     app_conn.execute(
         "select api.record_checkout_session(%s, %s, 'tokens_100', null)", [session["id"], user]
     )
-    first = fulfil_session(app_conn, json.dumps(session), user)
-    again = fulfil_session(app_conn, json.dumps(session), user)
+    first = fulfil_session(webhook_conn, json.dumps(session), user)
+    again = fulfil_session(webhook_conn, json.dumps(session), user)
 
     assert grant_verdict(first) == "granted"
     assert (first["tokens"], first["balance"], first["receipt_url"]) == (
