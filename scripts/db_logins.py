@@ -6,14 +6,16 @@ the group roles given, and holds nothing until it runs ``SET ROLE`` (webapp.db d
 
     python -m scripts.db_logins --admin-url URL --database-url URL [--prefix tokenbill]
 
-creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin) and ``<prefix>_stripe``
-(tokenbill_webhook) with passwords kept in .data/db-logins (0600, reused on later runs) and
-prints ``export DATABASE_URL=...`` and ``export WEBHOOK_DATABASE_URL=...`` lines for eval.
+creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin + tokenbill_notifier, for the web app
+and scripts/alert_notifier.py) and ``<prefix>_stripe`` (tokenbill_webhook) and prints
+``export DATABASE_URL=...`` and ``export WEBHOOK_DATABASE_URL=...`` lines for eval. Passwords
+come from --web-password/--stripe-password, else .data/db-logins (0600, made once, reused).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import shlex
 import sys
@@ -26,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 DATA_FILE = Path(__file__).resolve().parent.parent / ".data" / "db-logins"
 GROUPS = {
-    "web": ["tokenbill_app", "tokenbill_admin"],
+    "web": ["tokenbill_app", "tokenbill_admin", "tokenbill_notifier"],
     "stripe": ["tokenbill_webhook"],
 }
 
@@ -76,15 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", required=True, help="a role that may CREATE ROLE")
     parser.add_argument("--database-url", required=True, help="the app's database (host, db)")
     parser.add_argument("--prefix", default="tokenbill")
+    parser.add_argument("--web-password", default=os.environ.get("WEB_DB_PASSWORD"))
+    parser.add_argument("--stripe-password", default=os.environ.get("STRIPE_DB_PASSWORD"))
     args = parser.parse_args(argv)
-    passwords = _passwords(DATA_FILE)
+    given = {"web": args.web_password, "stripe": args.stripe_password}
+    stored = {} if all(given.values()) else _passwords(DATA_FILE)
     urls = {}
     for suffix, groups in GROUPS.items():
         name = f"{args.prefix}_{suffix}"
-        password = passwords.setdefault(name, secrets.token_urlsafe(24))
+        password = given[suffix] or stored.setdefault(name, secrets.token_urlsafe(24))
         ensure_login(args.admin_url, name, password, groups)
         urls[suffix] = make_conninfo(args.database_url, user=name, password=password)
-    _save(DATA_FILE, passwords)
+    if not all(given.values()):
+        _save(DATA_FILE, stored)
     print(f"export DATABASE_URL={shlex.quote(urls['web'])}")
     print(f"export WEBHOOK_DATABASE_URL={shlex.quote(urls['stripe'])}")
     return 0
