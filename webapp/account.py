@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user, login_required
 
 from .auth import MIN_PASSWORD, check_password, hasher
 from .db import get_db
+from .extensions import limiter
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -30,7 +40,21 @@ def save_settings():
     return redirect(url_for("account.settings"), code=303)
 
 
+def _password_limit() -> str:
+    return current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]
+
+
+def _password_key() -> str:
+    """Per account: a stolen cookie must not become unlimited guesses at the password."""
+    return f"password-change:{getattr(current_user, 'id', None) or request.remote_addr}"
+
+
+def _refused(response: Response) -> bool:
+    return response.status_code == 400
+
+
 @bp.post("/password")
+@limiter.limit(_password_limit, key_func=_password_key, deduct_when=_refused)
 @login_required
 def change_password():
     """Change the password; PostgreSQL ends every other session of the account."""

@@ -151,3 +151,16 @@ def test_logins_are_limited_per_address(make_app):
         for i in range(5)
     ]
     assert codes == [401, 401, 401, 429, 429]
+
+
+def test_guessing_the_current_password_is_limited(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, LOGIN_ACCOUNT_RATE_LIMIT="2 per minute")
+    client = app.test_client()
+    AuthActions(client).register()
+    codes = [
+        client.post(
+            "/account/password", data={"current_password": f"guess {i}", "new_password": "x" * 12}
+        ).status_code
+        for i in range(4)
+    ]
+    assert codes == [400, 400, 429, 429]
