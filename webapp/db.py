@@ -51,9 +51,15 @@ class Database:
     """A psycopg pool with small helpers returning dict rows."""
 
     def __init__(
-        self, url: str, role: str | None, max_size: int = 10, name: str = "tokenbill"
+        self,
+        url: str,
+        role: str | None,
+        max_size: int = 10,
+        name: str = "tokenbill",
+        request_roles: bool = False,
     ) -> None:
         self.role = role or None
+        self.request_roles = request_roles  # honour use_role(); only the web login may switch
         self.pool = ConnectionPool(
             url,
             open=False,
@@ -84,7 +90,7 @@ class Database:
         that role (``SET LOCAL``: it ends with the transaction, the pool's role comes back).
         """
         with self.pool.connection(timeout=timeout) as conn:
-            role = g.get("db_local_role") if has_request_context() else None
+            role = g.get("db_local_role") if self.request_roles and has_request_context() else None
             if role:
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
             yield conn  # type: ignore[misc]
@@ -102,7 +108,10 @@ def init_app(app: Flask) -> None:
     """Create the pools for this app; they open in the background so start-up never blocks."""
     config = app.config
     database = Database(
-        config["DATABASE_URL"], config["DATABASE_ROLE"], config["DATABASE_POOL_MAX"]
+        config["DATABASE_URL"],
+        config["DATABASE_ROLE"],
+        config["DATABASE_POOL_MAX"],
+        request_roles=True,
     )
     webhook = Database(
         config["WEBHOOK_DATABASE_URL"] or config["DATABASE_URL"],
