@@ -25,4 +25,4 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin toke
 USER tokenbill
 
 EXPOSE 5000
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "8", "webapp:create_app()"]
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "8", "webapp:create_app()"]

@@ -74,6 +74,7 @@ def test_compose_validates_the_file(rendered: dict[str, Any]) -> None:
         "redis",
         "stripe-mock",
         "migrate",
+        "db-logins",
         "web",
         "emulator",
         "stripe-cli",
@@ -100,10 +101,17 @@ def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
     script = web["command"][-1]
     assert "exec gunicorn --bind 0.0.0.0:5000" in script
     assert "'webapp:create_app()'" in script
+    assert "--config gunicorn.conf.py" in script  # request line and header limits
     assert web["depends_on"] == {
-        "migrate": {"condition": "service_completed_successfully"},
+        "db-logins": {"condition": "service_completed_successfully"},
         "redis": {"condition": "service_healthy"},
     }
+    logins = raw["services"]["db-logins"]
+    assert logins["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert "scripts.db_logins" in logins["command"][-1]
+    # the app never connects as the superuser that migrates
+    assert web["environment"]["DATABASE_URL"].startswith("postgresql://tokenbill_web:")
+    assert web["environment"]["WEBHOOK_DATABASE_URL"].startswith("postgresql://tokenbill_stripe:")
     assert "@postgres:5432/" in web["environment"]["DATABASE_URL"]
     assert web["build"] == "." and raw["services"]["migrate"]["build"] == "."
 

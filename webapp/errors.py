@@ -1,7 +1,9 @@
 """Map database and infrastructure errors to HTTP answers, in one place.
 
 The SQL functions raise their own SQLSTATEs (see db/migrations/0004): those become 4xx.
-A database that cannot be reached becomes 503, so clients (and Stripe) retry.
+Only a database that cannot be reached (connection failures, a server shutting down or
+starting, no pooled connection in time) becomes 503, so clients (and Stripe) retry; any other
+database error is a bug of ours and a 500, logged with its SQLSTATE.
 """
 
 from __future__ import annotations
@@ -31,9 +33,24 @@ SQLSTATE_STATUS = {
 }
 
 
+# admin_shutdown, crash_shutdown, cannot_connect_now: the server is restarting
+UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03"}
+
+
+def is_unavailable(exc: psycopg.Error) -> bool:
+    """The database could not be reached or went away: retrying later can help."""
+    state = exc.sqlstate or ""
+    if state.startswith("08") or state in UNAVAILABLE_SQLSTATES:
+        return True
+    # lost or refused connections surface client-side, without a SQLSTATE
+    return not state and isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
 def status_for_db_error(exc: psycopg.Error) -> int:
-    """HTTP status for a database error: ours are 4xx, anything else means retry later."""
-    return SQLSTATE_STATUS.get(exc.sqlstate or "", 503)
+    """HTTP status for a database error: ours are 4xx, unreachable 503, anything else 500."""
+    if exc.sqlstate in SQLSTATE_STATUS:
+        return SQLSTATE_STATUS[exc.sqlstate]  # type: ignore[index]
+    return 503 if is_unavailable(exc) else 500
 
 
 def wants_json() -> bool:
@@ -80,9 +97,14 @@ def register(app: Flask) -> None:
     @app.errorhandler(psycopg.Error)
     def database_error(exc: psycopg.Error):
         status = status_for_db_error(exc)
-        if status >= 500:
-            log.error("database error on %s %s: %s", request.method, request.path, exc)
+        if status == 503:
+            log.error("database unavailable on %s %s: %s", request.method, request.path, exc)
             return error_response(503, "The service is temporarily unavailable; try again.")
+        if status >= 500:
+            log.error(
+                "database error %s on %s %s: %s", exc.sqlstate, request.method, request.path, exc
+            )
+            return error_response(500, "Something went wrong on our side.")
         message = exc.diag.message_primary or "request refused"
         return error_response(status, message)
 

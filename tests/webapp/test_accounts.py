@@ -92,5 +92,9 @@ def test_expire_agent_requests_command(app, owner, app_conn, make_user):
     # Older than an hour: only this request (backdated 2 h), never what earlier tests left pending.
     result = app.test_cli_runner().invoke(args=["expire-agent-requests", "--older-than", "3600"])
     assert result.exit_code == 0 and "Expired 1" in result.output
+    status = owner.execute(
+        "select status from api.messages where user_id = %s and role = 'assistant'", [user]
+    ).fetchone()
+    assert status["status"] == "timeout"
     balance = owner.execute("select balance from api.accounts where id = %s", [user]).fetchone()
     assert balance["balance"] == 1
