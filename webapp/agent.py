@@ -1,15 +1,22 @@
 """The chat page and the metered agent endpoint ``POST /api/agent``.
 
-Order of a call: authenticate (key or session+CSRF) → per-user rate limit → charge the token
-and record the request in PostgreSQL (api.begin_agent_request) → run the agent with a time
-limit → store the reply, or mark the request failed and give the token back. The request id
-is the client's Idempotency-Key, so a retry returns the first call's outcome instead of paying
-twice.
+Order of a call: authenticate (key or session+CSRF) → per-user rate limit → reserve the call's
+most expensive price and record the request in PostgreSQL (api.begin_agent_request) → run the
+agent through ``metered``, the one generator both the JSON and the streaming reply use → settle
+in PostgreSQL (api.settle_agent_request): charged when anything reached the client, released
+when nothing did. A streamed part is recorded as delivered (api.record_agent_delivery) before
+it is handed to the server, so a killed worker's hold expires to the right settlement. The
+request id is the client's Idempotency-Key, bound to a hash of the request body.
+
+Prices and every charge are computed in the database; this module only measures (characters
+sent and received) and reports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 import json
 import logging
 import re
@@ -33,7 +40,7 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
-from .agents import ChatAgent, Turn, get_agent
+from .agents import ChatAgent, Turn, get_agent, price_key
 from .api_auth import api_login_required, api_user, resolve_api_user
 from .db import Database, get_db
 from .extensions import csrf, limiter
@@ -42,14 +49,18 @@ from .metrics import record_agent
 bp = Blueprint("agent", __name__)
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARS = 20000  # api.begin_agent_request enforces the same bound
-HISTORY_MESSAGES = 40
+DB_MAX_MESSAGE_CHARS = 20000  # api.begin_agent_request's hard bound; the setting may only lower it
+HISTORY_EXCHANGES = 20
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 NEED_TOKENS = "You need more tokens to use the agent"
-FAILED = "The agent failed to answer; your token was returned."
-TIMED_OUT = "The agent took too long to answer; your token was returned."
+FAILED = "The agent failed to answer; your tokens were returned."
+TIMED_OUT = "The agent took too long to answer; your tokens were returned."
+PARTIAL = "The agent stopped before finishing; you were charged for the part delivered."
 IN_PROGRESS = "This request is still being answered; retry in a moment."
+KEY_REUSED = "This Idempotency-Key was already used with a different request body."
+UNSAVED = "The reply could not be saved; retry with the same Idempotency-Key later."
 SWEEP_EVERY_SECONDS = 60.0
+PROGRESS_EVERY_SECONDS = 0.5  # after the first part, delivery progress is written this often
 
 _sweep_lock = threading.Lock()
 _last_sweep = 0.0
@@ -57,12 +68,23 @@ _last_sweep = 0.0
 
 @dataclass(frozen=True)
 class AgentCall:
-    """A validated request, charged and recorded before the agent starts."""
+    """A validated request whose price is reserved, with the size of what the model is sent."""
 
     user_id: uuid.UUID
     request_id: str
     conversation_id: uuid.UUID
     message: str
+    balance: int
+    price: int
+    input_chars: int = 0
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How a call ended, as the database settled it."""
+
+    status: str  # the assistant message: done, partial, failed, timeout
+    charged: int
     balance: int
 
 
@@ -86,10 +108,21 @@ def _conversation_or_404(user_id: uuid.UUID, raw_id: str) -> dict[str, Any]:
 
 def _messages(user_id: uuid.UUID, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
     return get_db().fetch_all(
-        "select role, content, status, request_id, created_at from api.messages"
+        "select role, content, status, request_id, charged, created_at from api.messages"
         " where conversation_id = %s and user_id = %s order by id",
         [conversation_id, user_id],
     )
+
+
+def _price() -> dict[str, Any]:
+    """The price row of the configured agent (the '*' row when the agent cannot be built)."""
+    try:
+        key = price_key(get_agent(current_app._get_current_object()))  # type: ignore[attr-defined]
+    except Exception:  # a broken LLM setup fails requests, not the page
+        key = "*"
+    row = get_db().fetch_one("select * from api.agent_price(%s)", [key])
+    assert row is not None
+    return row
 
 
 @bp.get("/")
@@ -106,17 +139,20 @@ def chat():
     if request.args.get("c"):
         selected = _conversation_or_404(current_user.id, request.args["c"])
         messages = _messages(current_user.id, selected["id"])
+    price = _price()
     return render_template(
         "agent/chat.html",
         conversations=conversations,
         selected=selected,
         messages=messages,
-        token_cost=current_app.config["AGENT_TOKEN_COST"],
+        token_cost=price["max_per_call"],
+        price_label=price["label"],
+        max_message_chars=_max_message_chars(),
     )
 
 
 # ------------------------------------------------------------------------------------------
-# JSON API
+# Parsing and limits
 # ------------------------------------------------------------------------------------------
 def _agent_limit() -> str:
     return current_app.config["AGENT_RATE_LIMIT"]
@@ -128,6 +164,16 @@ def _rate_key() -> str:
     return f"agent-user:{user.id}" if user else f"agent-ip:{request.remote_addr}"
 
 
+def _max_message_chars() -> int:
+    return min(int(current_app.config["AGENT_MAX_MESSAGE_CHARS"]), DB_MAX_MESSAGE_CHARS)
+
+
+def _hold_seconds(timeout: float) -> int:
+    """How long a reservation lives before the expiry rule settles it (longer than a call)."""
+    configured = int(current_app.config.get("AGENT_HOLD_SECONDS") or 0)
+    return configured if configured > 0 else int(2 * timeout + 30)
+
+
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     """A JSON answer that always says how many tokens are left."""
     response = jsonify(body)
@@ -137,16 +183,27 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
     return response
 
 
+def request_hash(message: str, conversation_id: uuid.UUID | None) -> str:
+    """What an Idempotency-Key is bound to: the request's content, not how it is delivered."""
+    canonical = json.dumps(
+        {"message": message, "conversation_id": str(conversation_id) if conversation_id else None},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _parse_call() -> tuple[str, uuid.UUID | None, bool, str]:
-    """Validate the JSON body and Idempotency-Key; 400 with a reason otherwise."""
+    """Validate the JSON body and Idempotency-Key; 400 (413 when too long) with a reason."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         abort(400, "Send a JSON object with a message.")
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
         abort(400, "message must be a non-empty string.")
-    if len(message) > MAX_MESSAGE_CHARS:
-        abort(400, f"message must be at most {MAX_MESSAGE_CHARS} characters.")
+    limit = _max_message_chars()
+    if len(message) > limit:
+        abort(413, f"message must be at most {limit} characters.")
     conversation_id = None
     if data.get("conversation_id") is not None:
         try:
@@ -162,74 +219,89 @@ def _parse_call() -> tuple[str, uuid.UUID | None, bool, str]:
     return message, conversation_id, stream, request_id
 
 
-def _history(db: Database, call: AgentCall) -> list[Turn]:
-    """Earlier answered exchanges of the conversation, oldest first."""
+def _history(db: Database, call: AgentCall, budget: int) -> list[Turn]:
+    """Earlier answered exchanges, oldest first: the newest whole exchanges within ``budget``
+    characters (and at most HISTORY_EXCHANGES), so what one call sends the model is bounded."""
     rows = db.fetch_all(
         """
-        select m.role, m.content from api.messages m
-         where m.conversation_id = %s and m.user_id = %s and m.request_id <> %s
-           and exists (select from api.messages a
-                        where a.user_id = m.user_id and a.request_id = m.request_id
-                          and a.role = 'assistant' and a.status = 'done')
-         order by m.id desc limit %s
+        with answered as (
+            select m.request_id, max(m.id) as last_id, sum(length(m.content)) as chars
+              from api.messages m
+             where m.conversation_id = %(c)s and m.user_id = %(u)s and m.request_id <> %(r)s
+             group by m.request_id
+            having bool_or(m.role = 'assistant' and m.status in ('done', 'partial'))
+             order by max(m.id) desc
+             limit %(n)s),
+        kept as (
+            select request_id from (
+                select request_id, sum(chars) over (order by last_id desc) as running
+                  from answered) a
+             where running <= %(budget)s)
+        select m.role, m.content from api.messages m join kept k using (request_id)
+         where m.conversation_id = %(c)s and m.user_id = %(u)s
+         order by m.id
         """,
-        [call.conversation_id, call.user_id, call.request_id, HISTORY_MESSAGES],
+        {
+            "c": call.conversation_id,
+            "u": call.user_id,
+            "r": call.request_id,
+            "n": HISTORY_EXCHANGES,
+            "budget": budget,
+        },
     )
-    return [Turn(row["role"], row["content"]) for row in reversed(rows)]
+    return [Turn(row["role"], row["content"]) for row in rows]
 
 
-def _expire_stale_requests(db: Database, timeout: float) -> None:
-    """At most once a minute per worker: refund requests whose worker died mid-run.
-
-    A request still pending after twice the agent timeout can no longer be answered (its
-    process was killed), so its token goes back and a retry stops answering "in progress".
-    """
+def _expire_stale_holds(db: Database) -> None:
+    """At most once a minute per worker: settle holds past their expiry (dead workers')."""
     global _last_sweep
     now = time.monotonic()
     if now - _last_sweep < SWEEP_EVERY_SECONDS or not _sweep_lock.acquire(blocking=False):
         return
     try:
         _last_sweep = now
-        row = db.fetch_one(
-            "select api.expire_agent_requests(make_interval(secs => %s)) as n", [2 * timeout + 30]
-        )
+        row = db.fetch_one("select api.expire_agent_holds() as n")
         if row and row["n"]:
-            log.warning("expired %s agent request(s) left pending by a dead worker", row["n"])
+            log.warning("settled %s expired agent hold(s) left by a dead worker", row["n"])
             record_agent("expired", row["n"])
     except psycopg.Error as exc:  # housekeeping must never fail a user's request
-        log.warning("could not expire stale agent requests: %s", exc.sqlstate)
+        log.warning("could not expire agent holds: %s", exc.sqlstate)
     finally:
         _sweep_lock.release()
 
 
-def _fail(db: Database, call: AgentCall, exc: BaseException, timed_out: bool) -> int:
-    """Record the failure and give the token back; returns the balance after the refund."""
-    record_agent("released")
-    log.warning(
-        "agent request %s of user %s %s: %s",
-        call.request_id,
-        call.user_id,
-        "timed out" if timed_out else "failed",
-        type(exc).__name__,
-    )
-    detail = "timed out" if timed_out else f"{type(exc).__name__}: {exc}"
+# ------------------------------------------------------------------------------------------
+# The metered generator
+# ------------------------------------------------------------------------------------------
+def _settle(
+    db: Database, call: AgentCall, outcome: str, reply: str, error: str | None
+) -> Settlement | None:
+    """Settle in PostgreSQL; None when the database could not be reached (the hold then
+    expires by its rule)."""
+    if outcome != "done":
+        log.warning(
+            "agent request %s of user %s ended %s: %s", call.request_id, call.user_id, outcome, error
+        )
+    try:
+        row = db.fetch_one(
+            "select * from api.settle_agent_request(%s, %s, %s, %s, %s, %s)",
+            [call.user_id, call.request_id, outcome, reply, call.input_chars, (error or "")[:1000]],
+        )
+    except psycopg.Error as exc:
+        log.error("could not settle %s: %s", call.request_id, exc.sqlstate)
+        return None
+    assert row is not None
+    settled = Settlement(row["message_status"], row["charged"], row["balance"])
+    record_agent({"done": "served", "partial": "partial"}.get(settled.status, "released"))
+    return settled
+
+
+def _record_delivery(db: Database, call: AgentCall, parts: int, chars: int) -> bool:
     row = db.fetch_one(
-        "select status, balance from api.fail_agent_request(%s, %s, %s, %s)",
-        [call.user_id, call.request_id, detail[:1000], timed_out],
+        "select api.record_agent_delivery(%s, %s, %s, %s, %s) as held",
+        [call.user_id, call.request_id, parts, chars, call.input_chars],
     )
-    return row["balance"]  # type: ignore[index]
-
-
-def _finish(db: Database, call: AgentCall, reply: str) -> int:
-    row = db.fetch_one(
-        "select balance from api.finish_agent_request(%s, %s, %s)",
-        [call.user_id, call.request_id, reply],
-    )
-    return row["balance"]  # type: ignore[index]
-
-
-async def _collect(agent: ChatAgent, history: Sequence[Turn], message: str) -> str:
-    return "".join([delta async for delta in agent.stream(history, message)])
+    return bool(row and row["held"])
 
 
 _END = object()
@@ -248,71 +320,142 @@ async def _produce(
         await queue.put(_END)
 
 
-def _answer(call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float) -> Response:
-    """Run the agent to completion and answer with the whole reply."""
-    db = get_db()
-    body: dict[str, Any] = {"request_id": call.request_id, "conversation_id": call.conversation_id}
+async def _collect(agent: ChatAgent, history: Sequence[Turn], message: str) -> str:
+    """The whole reply, unmetered (the benchmark's control route)."""
+    return "".join([delta async for delta in agent.stream(history, message)])
+
+
+def metered(
+    db: Database,
+    call: AgentCall,
+    agent: ChatAgent,
+    history: list[Turn],
+    timeout: float,
+    *,
+    streamed: bool,
+) -> Iterator[str | Settlement]:
+    """Yield the agent's deltas under the deadline, then the Settlement (None: unsaved).
+
+    ``streamed``: each delta goes to the client as soon as it is yielded, so its delivery is
+    recorded first (the first at once, then every PROGRESS_EVERY_SECONDS), and closing the
+    generator (the client left) settles the call as 'disconnected'. Either way the database
+    charges when anything was delivered and releases otherwise.
+    """
+    loop = asyncio.new_event_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    # one task runs the whole agent stream: its context managers must enter and exit in the
+    # same task; this generator only waits on the queue, with the deadline
+    producer = loop.create_task(_produce(agent, history, call.message, queue))
+    deadline = loop.time() + timeout
+    parts: list[str] = []
+    chars = 0
+    recorded_at: float | None = None
+    outcome, error = "done", None
     try:
-        reply = asyncio.run(asyncio.wait_for(_collect(agent, history, call.message), timeout))
-    except TimeoutError as exc:
-        return _json({**body, "error": TIMED_OUT, "balance": _fail(db, call, exc, True)}, 504)
+        while True:
+            remaining = max(0.0, deadline - loop.time())
+            item = loop.run_until_complete(asyncio.wait_for(queue.get(), remaining))
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            delta = str(item)
+            if not delta:
+                continue
+            now = time.monotonic()
+            if streamed and (recorded_at is None or now - recorded_at >= PROGRESS_EVERY_SECONDS):
+                if not _record_delivery(db, call, len(parts) + 1, chars + len(delta)):
+                    outcome, error = "timeout", "the hold expired while answering"
+                    break
+                recorded_at = now
+            parts.append(delta)
+            chars += len(delta)
+            yield delta
+    except TimeoutError:
+        outcome, error = "timeout", "timed out"
+    except GeneratorExit:
+        _settle(db, call, "disconnected", "".join(parts), "the client disconnected")
+        raise
     except Exception as exc:
-        return _json({**body, "error": FAILED, "balance": _fail(db, call, exc, False)}, 502)
-    balance = _finish(db, call, reply)
-    record_agent("served")
-    return _json({**body, "reply": reply, "balance": balance, "agent": agent.name})
+        outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        producer.cancel()
+        loop.run_until_complete(asyncio.gather(producer, return_exceptions=True))
+        loop.close()
+    yield _settle(db, call, outcome, "".join(parts), error)  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------------
+# Answers
+# ------------------------------------------------------------------------------------------
+def _ended(settled: Settlement) -> tuple[int, dict[str, Any]]:
+    """HTTP status and body fields for how a call ended."""
+    fields: dict[str, Any] = {"balance": settled.balance, "cost": settled.charged}
+    if settled.status == "done":
+        return 200, fields
+    if settled.status == "partial":
+        return 200, {**fields, "partial": True, "warning": PARTIAL}
+    if settled.status == "timeout":
+        return 504, {**fields, "error": TIMED_OUT}
+    return 502, {**fields, "error": FAILED}
+
+
+def _answer(
+    db: Database, call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float
+) -> Response:
+    """Run the agent to its end and answer with the whole reply (charged once computed)."""
+    body: dict[str, Any] = {
+        "request_id": call.request_id,
+        "conversation_id": call.conversation_id,
+        "price": call.price,
+    }
+    parts: list[str] = []
+    settled: Settlement | None = None
+    for item in metered(db, call, agent, history, timeout, streamed=False):
+        if isinstance(item, Settlement):
+            settled = item
+        elif item is not None:
+            parts.append(item)
+    if settled is None:
+        return _json({**body, "error": UNSAVED}, 503)
+    status, fields = _ended(settled)
+    if status == 200:
+        fields = {"reply": "".join(parts), **fields, "agent": agent.name}
+    return _json({**body, **fields}, status)
 
 
 def _line(payload: dict[str, Any]) -> str:
     return json.dumps(payload, default=str) + "\n"
 
 
-def _stream(call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float) -> Response:
-    """Answer as NDJSON: ``{"delta"}`` lines, then ``{"done"}`` or ``{"error"}`` with a balance."""
-    db = get_db()  # captured: the generator runs after the view has returned
+def _stream(
+    db: Database, call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float
+) -> Response:
+    """NDJSON: a header line, ``{"delta"}`` lines, then one end line with the balance and cost."""
 
     def generate() -> Iterator[str]:
-        loop = asyncio.new_event_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        # one task runs the whole agent stream: its context managers must enter and exit in
-        # the same task; this generator only waits on the queue, with the deadline
-        producer = loop.create_task(_produce(agent, history, call.message, queue))
-        deadline = loop.time() + timeout
-        parts: list[str] = []
+        inner = metered(db, call, agent, history, timeout, streamed=True)
         try:
-            yield _line({"conversation_id": call.conversation_id, "request_id": call.request_id})
-            while True:
-                remaining = max(0.0, deadline - loop.time())
-                item = loop.run_until_complete(asyncio.wait_for(queue.get(), remaining))
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                parts.append(str(item))
-                yield _line({"delta": item})
-        except TimeoutError as exc:
-            yield _line({"error": TIMED_OUT, "balance": _fail(db, call, exc, True)})
-            return
-        except Exception as exc:
-            yield _line({"error": FAILED, "balance": _fail(db, call, exc, False)})
-            return
-        except GeneratorExit as exc:
-            # the client went away mid-answer: it never got the reply, so it does not pay
-            _fail(db, call, exc, False)
-            raise
+            yield _line(
+                {
+                    "conversation_id": call.conversation_id,
+                    "request_id": call.request_id,
+                    "price": call.price,
+                }
+            )
+            for item in inner:
+                if isinstance(item, str):
+                    yield _line({"delta": item})
+                elif item is None:
+                    yield _line({"error": UNSAVED})
+                else:
+                    done = {"done": True, "agent": agent.name} if item.status == "done" else {}
+                    yield _line({**done, **_ended(item)[1]})
         finally:
-            producer.cancel()
-            loop.run_until_complete(asyncio.gather(producer, return_exceptions=True))
-            loop.close()
-        try:
-            balance = _finish(db, call, "".join(parts))
-        except psycopg.Error as exc:
-            # headers are long gone: report in-band (e.g. the request was expired meanwhile)
-            log.error("could not store reply of %s: %s", call.request_id, exc.sqlstate)
-            yield _line({"error": "The reply could not be saved; retry later."})
-            return
-        record_agent("served")
-        yield _line({"done": True, "balance": balance, "agent": agent.name})
+            if inspect.getgeneratorstate(inner) == inspect.GEN_CREATED:
+                # gone before the agent started: nothing was delivered
+                _settle(db, call, "disconnected", "", "the client disconnected")
+            inner.close()
 
     response = Response(generate(), mimetype="application/x-ndjson")
     response.headers["X-Token-Balance"] = str(call.balance)
@@ -327,6 +470,8 @@ def _replay(row: dict[str, Any], request_id: str, stream: bool) -> Response:
         "request_id": request_id,
         "conversation_id": row["conversation_id"],
         "balance": row["balance"],
+        "price": row["price"],
+        "cost": row["charged"],
         "replayed": True,
     }
     if row["status"] == "pending":
@@ -335,16 +480,17 @@ def _replay(row: dict[str, Any], request_id: str, stream: bool) -> Response:
         return _json({**body, "error": TIMED_OUT}, 504)
     if row["status"] == "failed":
         return _json({**body, "error": FAILED}, 502)
+    extra = {"partial": True, "warning": PARTIAL} if row["status"] == "partial" else {}
     if stream:
         lines = [
             _line({"conversation_id": row["conversation_id"], "request_id": request_id}),
             _line({"delta": row["reply"]}),
-            _line({"done": True, "balance": row["balance"], "replayed": True}),
+            _line({"done": True, **body, **extra}),
         ]
         response = Response(lines, mimetype="application/x-ndjson")
         response.headers["X-Token-Balance"] = str(row["balance"])
         return response
-    return _json({**body, "reply": row["reply"]})
+    return _json({**body, "reply": row["reply"], **extra})
 
 
 @bp.post("/api/agent")
@@ -352,37 +498,64 @@ def _replay(row: dict[str, Any], request_id: str, stream: bool) -> Response:
 @api_login_required
 @limiter.limit(_agent_limit, key_func=_rate_key)
 def api_agent():
-    """Charge a token, run the agent, answer with the reply and the remaining balance."""
+    """Reserve, run the agent, settle; answer with the reply, its cost and the balance."""
     message, conversation_id, stream, request_id = _parse_call()
     user = api_user()
-    cost = current_app.config["AGENT_TOKEN_COST"]
-    timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
-    _expire_stale_requests(get_db(), timeout)
-    row = get_db().fetch_one(
-        "select * from api.begin_agent_request(%s, %s, %s, %s, %s)",
-        [user.id, request_id, conversation_id, message, cost],
+    config = current_app.config
+    timeout = float(config["AGENT_TIMEOUT_SECONDS"])
+    db = get_db()
+    _expire_stale_holds(db)
+    try:
+        agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
+    except Exception as exc:  # a broken LLM setup: refuse before reserving anything
+        log.error("agent unavailable: %s", type(exc).__name__)
+        return _json({"error": FAILED, "balance": user.balance}, 502)
+    row = db.fetch_one(
+        "select * from api.begin_agent_request(%s, %s, %s, %s, %s, %s, %s)",
+        [
+            user.id,
+            request_id,
+            conversation_id,
+            message,
+            price_key(agent),
+            request_hash(message, conversation_id),
+            _hold_seconds(timeout),
+        ],
     )
     assert row is not None
     if row["outcome"] == "insufficient_tokens":
         record_agent("insufficient_tokens")
         return _json(
-            {"error": NEED_TOKENS, "buy_url": url_for("billing.buy"), "balance": row["balance"]},
+            {
+                "error": NEED_TOKENS,
+                "buy_url": url_for("billing.buy"),
+                "balance": row["balance"],
+                "price": row["price"],
+            },
             402,
         )
+    if row["outcome"] == "mismatch":
+        record_agent("key_reused")
+        return _json({"error": KEY_REUSED, "balance": row["balance"]}, 422)
     if row["outcome"] == "replayed":
         record_agent("replayed")
         return _replay(row, request_id, stream)
 
-    call = AgentCall(user.id, request_id, row["conversation_id"], message, row["balance"])
-    db = get_db()
+    call = AgentCall(
+        user.id, request_id, row["conversation_id"], message, row["balance"], row["price"]
+    )
     try:
-        agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
-        history = _history(db, call)
-    except Exception as exc:
-        return _json({"error": FAILED, "balance": _fail(db, call, exc, False)}, 502)
+        history = _history(db, call, int(config["AGENT_HISTORY_CHARS"]))
+    except psycopg.Error as exc:
+        settled = _settle(db, call, "failed", "", f"history: {exc.sqlstate}")
+        fields = _ended(settled)[1] if settled else {"error": UNSAVED}
+        return _json({"request_id": request_id, **fields}, 502)
+    call = AgentCall(
+        **{**call.__dict__, "input_chars": len(message) + sum(len(t.content) for t in history)}
+    )
     if stream:
-        return _stream(call, agent, history, timeout)
-    return _answer(call, agent, history, timeout)
+        return _stream(db, call, agent, history, timeout)
+    return _answer(db, call, agent, history, timeout)
 
 
 @bp.get("/api/conversations/<conversation_id>")
@@ -396,7 +569,8 @@ def api_conversation(conversation_id: str):
         id=conversation["id"],
         title=conversation["title"],
         messages=[
-            {k: m[k] for k in ("role", "content", "status", "request_id", "created_at")}
+            {k: m[k] for k in ("role", "content", "status", "request_id", "charged", "created_at")}
             for m in messages
         ],
     )
+

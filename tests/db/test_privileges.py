@@ -9,7 +9,17 @@ FUNCTIONS = """
      where n.nspname in ('api', 'tokenbill')
 """
 
-OPERATOR_ONLY = {"set_admin"}  # deliberately not callable by the web app
+# deliberately not callable by the web app: set_admin is an operator's; consume/release are
+# the generic ledger primitives the agent path stopped using in 0014 (holds replaced them)
+OPERATOR_ONLY = {"set_admin", "consume", "release"}
+# what the metered agent path calls since 0014 (reserve → record delivery → settle/expire)
+AGENT_PATH = {
+    "agent_price",
+    "begin_agent_request",
+    "record_agent_delivery",
+    "settle_agent_request",
+    "expire_agent_holds",
+}
 
 
 def test_no_function_is_executable_by_public(owner):
@@ -39,7 +49,23 @@ def test_the_app_role_executes_exactly_the_api_surface(owner):
     api = {r["name"] for r in rows if r["schema"] == "api"}
     allowed = {r["name"] for r in rows if r["allowed"]}
     assert allowed == api - OPERATOR_ONLY
+    assert AGENT_PATH <= allowed
     assert not any(r["allowed"] for r in rows if r["schema"] == "tokenbill")
+
+
+def test_the_replaced_agent_functions_are_gone(owner):
+    """0014's settle (with its status guard) is the only way to end a request: no old path."""
+    rows = owner.execute(
+        f"select name from ({FUNCTIONS}) f where schema = 'api' and name = any(%s)",
+        [["finish_agent_request", "fail_agent_request", "expire_agent_requests"]],
+    ).fetchall()
+    assert rows == []
+    signatures = {
+        r["signature"]
+        for r in owner.execute(f"select signature from ({FUNCTIONS}) f").fetchall()
+        if r["signature"].startswith("api.begin_agent_request(")
+    }
+    assert len(signatures) == 1  # the 0007 signature was dropped, not left behind
 
 
 def test_the_app_role_can_write_no_table(owner):
