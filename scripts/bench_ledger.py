@@ -734,6 +734,14 @@ def describe_server(url: str) -> str:
     return f"PostgreSQL {version}; {os.cpu_count()} CPUs ({cpu})"
 
 
+def grant_consume_to_app(url: str) -> None:
+    """Since 0014 the web app reserves and settles holds, and its role may no longer call
+    api.consume; this private bench database grants it back so that the ledger's primitive is
+    still measured acting as tokenbill_app (its SET ROLE and privilege checks included)."""
+    with connect_owner(url) as conn:
+        conn.execute("grant execute on function api.consume(uuid, text, integer) to tokenbill_app")
+
+
 def run(admin_url: str, opts: Options, out: Out = print, keep: bool = False) -> Results:
     """Run the selected parts, each group in a database of its own; return what was measured."""
     results = Results()
@@ -743,10 +751,12 @@ def run(admin_url: str, opts: Options, out: Out = print, keep: bool = False) -> 
     if "throughput" in opts.parts:
         name = f"tokenbill_bench_{os.getpid()}_tp"
         with bench_database(admin_url, name, keep=keep) as url:
+            grant_consume_to_app(url)
             run_throughput(url, opts, out, results)
     if {"scale", "history", "explain"} & set(opts.parts):
         name = f"tokenbill_bench_{os.getpid()}_scale"
         with bench_database(admin_url, name, keep=keep) as url:
+            grant_consume_to_app(url)
             db = setup_scale(url, opts)
             if "scale" in opts.parts:
                 run_scale(db, opts, out)

@@ -9,7 +9,7 @@ def today(conn):
     return conn.execute("select * from api.daily_stats(7)").fetchall()[-1]
 
 
-def test_daily_stats_count_today_and_fill_empty_days(app_conn, make_user):
+def test_daily_stats_count_today_and_fill_empty_days(app_conn, make_user, owner):
     rows = app_conn.execute("select * from api.daily_stats(7)").fetchall()
     assert len(rows) == 7
     assert [r["day"] for r in rows] == sorted(r["day"] for r in rows)
@@ -24,8 +24,8 @@ def test_daily_stats_count_today_and_fill_empty_days(app_conn, make_user):
         [f"pi_{uuid.uuid4().hex}", str(user)],
     )
     for i in range(3):
-        app_conn.execute("select * from api.consume(%s, %s)", [user, f"d{i}"])
-    app_conn.execute("select * from api.release(%s, 'd0')", [user])
+        owner.execute("select * from api.consume(%s, %s)", [user, f"d{i}"])
+    owner.execute("select * from api.release(%s, 'd0')", [user])
     after = today(app_conn)
 
     assert after["tokens_sold"] - before["tokens_sold"] == 250

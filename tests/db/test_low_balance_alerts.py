@@ -18,10 +18,10 @@ def spend(conn, user, request_id, cost=1):
     ).fetchone()
 
 
-def test_one_alert_per_crossing(app_conn, admin_id, make_user):
+def test_one_alert_per_crossing(app_conn, admin_id, make_user, owner):
     user = make_user(balance=12)
     for i in range(4):  # 12 -> 8: crosses 10 once (10 -> 9)
-        spend(app_conn, user, f"a{i}")
+        spend(owner, user, f"a{i}")
     assert alerts(app_conn, user) == [{"threshold": 10, "balance": 9}]
     account = app_conn.execute(
         "select low_balance_alert from api.accounts where id = %s", [user]
@@ -36,33 +36,33 @@ def test_one_alert_per_crossing(app_conn, admin_id, make_user):
         ).fetchone()["low_balance_alert"]
         is False
     )
-    spend(app_conn, user, "b1", cost=9)  # 18 -> 9
+    spend(owner, user, "b1", cost=9)  # 18 -> 9
     assert alerts(app_conn, user) == [
         {"threshold": 10, "balance": 9},
         {"threshold": 10, "balance": 9},
     ]
 
 
-def test_a_big_consumption_jumping_past_the_threshold_alerts(app_conn, make_user):
+def test_a_big_consumption_jumping_past_the_threshold_alerts(app_conn, make_user, owner):
     user = make_user(balance=50)
-    spend(app_conn, user, "big", cost=45)
+    spend(owner, user, "big", cost=45)
     assert alerts(app_conn, user) == [{"threshold": 10, "balance": 5}]
 
 
-def test_threshold_zero_never_alerts_and_custom_threshold(app_conn, make_user):
+def test_threshold_zero_never_alerts_and_custom_threshold(app_conn, make_user, owner):
     quiet, custom = make_user(balance=3), make_user(balance=60)
     app_conn.execute("select api.set_low_balance_threshold(%s, 0)", [quiet])
     app_conn.execute("select api.set_low_balance_threshold(%s, 50)", [custom])
     for i in range(3):
-        spend(app_conn, quiet, f"q{i}")
-    spend(app_conn, custom, "c", cost=11)
+        spend(owner, quiet, f"q{i}")
+    spend(owner, custom, "c", cost=11)
     assert alerts(app_conn, quiet) == []
     assert alerts(app_conn, custom) == [{"threshold": 50, "balance": 49}]
 
 
-def test_acknowledge_hides_the_alert(app_conn, make_user):
+def test_acknowledge_hides_the_alert(app_conn, make_user, owner):
     user = make_user(balance=10)
-    spend(app_conn, user, "x")
+    spend(owner, user, "x")
     n = app_conn.execute("select api.acknowledge_low_balance_alerts(%s) as n", [user]).fetchone()
     assert n["n"] == 1
     row = app_conn.execute("select low_balance_alert from api.accounts where id = %s", [user])
