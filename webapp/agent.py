@@ -274,7 +274,7 @@ def _expire_stale_holds(db: Database) -> None:
 # The metered generator
 # ------------------------------------------------------------------------------------------
 def _settle(
-    db: Database, call: AgentCall, outcome: str, reply: str, error: str | None
+    db: Database, call: AgentCall, outcome: str, parts: list[str], error: str | None
 ) -> Settlement | None:
     """Settle in PostgreSQL; None when the database could not be reached (the hold then
     expires by its rule)."""
@@ -284,8 +284,16 @@ def _settle(
         )
     try:
         row = db.fetch_one(
-            "select * from api.settle_agent_request(%s, %s, %s, %s, %s, %s)",
-            [call.user_id, call.request_id, outcome, reply, call.input_chars, (error or "")[:1000]],
+            "select * from api.settle_agent_request(%s, %s, %s, %s, %s, %s, %s)",
+            [
+                call.user_id,
+                call.request_id,
+                outcome,
+                "".join(parts),
+                call.input_chars,
+                (error or "")[:1000],
+                len(parts),
+            ],
         )
     except psycopg.Error as exc:
         log.error("could not settle %s: %s", call.request_id, exc.sqlstate)
@@ -374,7 +382,7 @@ def metered(
     except TimeoutError:
         outcome, error = "timeout", "timed out"
     except GeneratorExit:
-        _settle(db, call, "disconnected", "".join(parts), "the client disconnected")
+        _settle(db, call, "disconnected", parts, "the client disconnected")
         raise
     except Exception as exc:
         outcome, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -382,7 +390,7 @@ def metered(
         producer.cancel()
         loop.run_until_complete(asyncio.gather(producer, return_exceptions=True))
         loop.close()
-    yield _settle(db, call, outcome, "".join(parts), error)  # type: ignore[misc]
+    yield _settle(db, call, outcome, parts, error)  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------------------------------
@@ -454,7 +462,7 @@ def _stream(
         finally:
             if inspect.getgeneratorstate(inner) == inspect.GEN_CREATED:
                 # gone before the agent started: nothing was delivered
-                _settle(db, call, "disconnected", "", "the client disconnected")
+                _settle(db, call, "disconnected", [], "the client disconnected")
             inner.close()
 
     response = Response(generate(), mimetype="application/x-ndjson")
@@ -547,7 +555,7 @@ def api_agent():
     try:
         history = _history(db, call, int(config["AGENT_HISTORY_CHARS"]))
     except psycopg.Error as exc:
-        settled = _settle(db, call, "failed", "", f"history: {exc.sqlstate}")
+        settled = _settle(db, call, "failed", [], f"history: {exc.sqlstate}")
         fields = _ended(settled)[1] if settled else {"error": UNSAVED}
         return _json({"request_id": request_id, **fields}, 502)
     call = AgentCall(

@@ -182,7 +182,7 @@ comment on table tokenbill.messages is
  */
 create function tokenbill.close_hold(
     p_hold tokenbill.agent_holds, p_delivered boolean, p_output_chars integer,
-    p_input_chars integer, p_outcome text
+    p_input_chars integer, p_outcome text, p_parts integer default null
 ) returns integer
 language plpgsql set search_path = '' as $$
 declare
@@ -206,7 +206,8 @@ begin
     update tokenbill.agent_holds h
        set status = case when p_delivered then 'settled' else 'released' end,
            charged = v_charged, settled_at = now(), outcome = p_outcome,
-           input_chars = v_input, delivered_chars = v_output
+           input_chars = v_input, delivered_chars = v_output,
+           delivered_parts = greatest(h.delivered_parts, coalesce(p_parts, 0))
      where h.id = p_hold.id;
     return v_charged;
 end
@@ -392,7 +393,7 @@ $$;
 /**
  * Settle a request however it ended. p_outcome: 'done' (the agent finished), 'failed',
  * 'timeout' or 'disconnected' (the client left mid-stream). p_reply is everything that
- * reached (or, for a computed JSON reply, will reach) the client.
+ * reached (or, for a computed JSON reply, will reach) the client, in p_parts parts.
  *   - delivered (p_reply non-empty, or the hold recorded a first delivery): charged its price,
  *     message 'done' when the agent finished, else 'partial' with what was delivered;
  *   - nothing delivered: released, message 'failed' / 'timeout'.
@@ -402,7 +403,7 @@ $$;
  */
 create function api.settle_agent_request(
     p_user_id uuid, p_request_id text, p_outcome text, p_reply text, p_input_chars integer,
-    p_error text default null
+    p_error text default null, p_parts integer default null
 ) returns table (status text, message_status text, charged integer, balance integer)
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -438,7 +439,8 @@ begin
                      else 'partial' end;
     v_charged := tokenbill.close_hold(v_hold, v_delivered, length(v_reply), p_input_chars,
                                       case when v_delivered and p_outcome <> 'done'
-                                           then p_outcome || ' (partial)' else p_outcome end);
+                                           then p_outcome || ' (partial)' else p_outcome end,
+                                      p_parts);
     update tokenbill.messages m
        set content = v_reply, status = v_status, completed_at = now(),
            error = case when p_outcome = 'done' then null
@@ -588,18 +590,18 @@ $$;
 -- ============================================================================================
 revoke all on function tokenbill.price_for(text) from public;
 revoke all on function tokenbill.price_of(integer, integer, integer, integer, integer, integer) from public;
-revoke all on function tokenbill.close_hold(tokenbill.agent_holds, boolean, integer, integer, text) from public;
+revoke all on function tokenbill.close_hold(tokenbill.agent_holds, boolean, integer, integer, text, integer) from public;
 revoke all on function tokenbill.expire_hold(bigint) from public;
 revoke all on function api.agent_price(text) from public;
 revoke all on function api.begin_agent_request(uuid, text, uuid, text, text, text, integer) from public;
 revoke all on function api.record_agent_delivery(uuid, text, integer, integer, integer) from public;
-revoke all on function api.settle_agent_request(uuid, text, text, text, integer, text) from public;
+revoke all on function api.settle_agent_request(uuid, text, text, text, integer, text, integer) from public;
 revoke all on function api.expire_agent_holds() from public;
 revoke all on function api.ledger_audit() from public;
 
 grant execute on function api.agent_price(text) to tokenbill_app;
 grant execute on function api.begin_agent_request(uuid, text, uuid, text, text, text, integer) to tokenbill_app;
 grant execute on function api.record_agent_delivery(uuid, text, integer, integer, integer) to tokenbill_app;
-grant execute on function api.settle_agent_request(uuid, text, text, text, integer, text) to tokenbill_app;
+grant execute on function api.settle_agent_request(uuid, text, text, text, integer, text, integer) to tokenbill_app;
 grant execute on function api.expire_agent_holds() to tokenbill_app;
 grant execute on function api.ledger_audit() to tokenbill_app;
