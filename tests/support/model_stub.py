@@ -23,7 +23,7 @@ class ModelStub:
     parts: how many content chunks a reply has ("part 1 ", "part 2 ", ...);
     delay: seconds between chunks; fail_status: answer this HTTP error instead of a stream;
     stall_after: after this many parts, wait (until the client gives up or the stub closes);
-    stall_marker: stall only requests whose last message contains this text.
+    stalls: per-request stall points instead, {text in the last message: parts before stalling}.
     """
 
     def __init__(
@@ -32,13 +32,13 @@ class ModelStub:
         delay: float = 0.0,
         fail_status: int | None = None,
         stall_after: int | None = None,
-        stall_marker: str | None = None,
+        stalls: dict[str, int] | None = None,
     ) -> None:
         self.parts = parts
         self.delay = delay
         self.fail_status = fail_status
         self.stall_after = stall_after
-        self.stall_marker = stall_marker
+        self.stalls = stalls or {}
         self._lock = threading.Lock()
         self._bodies: list[dict[str, Any]] = []
         self._closing = threading.Event()
@@ -81,13 +81,12 @@ class ModelStub:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def _stalls(self, body: dict[str, Any]) -> bool:
-        if self.stall_after is None:
-            return False
-        if self.stall_marker is None:
-            return True
-        last = (body.get("messages") or [{}])[-1].get("content")
-        return self.stall_marker in json.dumps(last)
+    def _stall_at(self, body: dict[str, Any]) -> int | None:
+        last = json.dumps((body.get("messages") or [{}])[-1].get("content"))
+        for marker, parts in self.stalls.items():
+            if marker in last:
+                return parts
+        return self.stall_after
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         stub = self
@@ -113,7 +112,7 @@ class ModelStub:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-                stall_at = stub.stall_after if stub._stalls(body) else None
+                stall_at = stub._stall_at(body)
                 try:
                     for i in range(1, stub.parts + 1):
                         if stall_at is not None and i > stall_at:
