@@ -280,7 +280,11 @@ def _settle(
     expires by its rule)."""
     if outcome != "done":
         log.warning(
-            "agent request %s of user %s ended %s: %s", call.request_id, call.user_id, outcome, error
+            "agent request %s of user %s ended %s: %s",
+            call.request_id,
+            call.user_id,
+            outcome,
+            error,
         )
     try:
         row = db.fetch_one(
@@ -581,4 +585,3 @@ def api_conversation(conversation_id: str):
             for m in messages
         ],
     )
-

@@ -89,8 +89,8 @@ def test_settle_done_charges_and_replay_is_free(app_conn, make_user):
     assert balance_of(app_conn, user) == 2
     assert kinds(app_conn, user) == ["admin_adjustment", "reserve", "settle"]
     rows = app_conn.execute(
-        "select kind, delta, reason from api.ledger_entries where user_id = %s and request_id = 'r1'"
-        " order by id",
+        "select kind, delta, reason from api.ledger_entries"
+        " where user_id = %s and request_id = 'r1' order by id",
         [user],
     ).fetchall()
     # what a DBA reads: the reservation, then the settlement returning nothing of it

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-
 from psycopg.rows import dict_row
 
 from tests.conftest import audit, balance_of

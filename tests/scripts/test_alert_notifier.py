@@ -83,7 +83,8 @@ def test_alerts_are_posted_signed_and_once(database_url, app_conn, make_user, re
 
 
 def test_failed_delivery_stays_in_the_outbox_and_is_retried(
-    database_url, app_conn, make_user, receiver, owner):
+    database_url, app_conn, make_user, receiver, owner
+):
     # deliver anything left by other tests first, so the failure hits our alert
     url = f"http://127.0.0.1:{receiver.server_port}/hook"
     alert_notifier.run_once(database_url, url, SECRET)

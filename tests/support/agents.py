@@ -79,7 +79,9 @@ def begin_request(
     ).fetchone()
 
 
-def make_overdue(owner: psycopg.Connection, user_id: uuid.UUID, request_id: str | None = None) -> None:
+def make_overdue(
+    owner: psycopg.Connection, user_id: uuid.UUID, request_id: str | None = None
+) -> None:
     """As if the hold's time ran out (the owner may move expires_at; holds are not the ledger)."""
     owner.execute(
         "update tokenbill.agent_holds set expires_at = now() - interval '1 second'"

@@ -55,7 +55,12 @@ class ModelStub:
 
     def app_config(self, **extra: Any) -> dict[str, Any]:
         """Settings that make the app's LLMAgent call this stub."""
-        return {"LLM_MODEL": MODEL, "LLM_BASE_URL": self.base_url, "LLM_API_KEY": "sk-stub", **extra}
+        return {
+            "LLM_MODEL": MODEL,
+            "LLM_BASE_URL": self.base_url,
+            "LLM_API_KEY": "sk-stub",
+            **extra,
+        }
 
     @property
     def bodies(self) -> list[dict[str, Any]]:

@@ -135,11 +135,13 @@ def test_a_finished_stream_is_charged_once_and_replays_free(make_app, owner, mak
     user = make_user(balance=2)
     headers = bearer(create_key(owner, user))
     client = app.test_client()
-    first = ndjson(client.post(
-        "/api/agent",
-        json={"message": "whole", "stream": True},
-        headers={**headers, "Idempotency-Key": "whole-1"},
-    ).data)
+    first = ndjson(
+        client.post(
+            "/api/agent",
+            json={"message": "whole", "stream": True},
+            headers={**headers, "Idempotency-Key": "whole-1"},
+        ).data
+    )
     assert "".join(line.get("delta", "") for line in first) == stub.reply()
     assert first[-1]["done"] is True and first[-1]["cost"] == 1
     again = client.post(
@@ -258,8 +260,12 @@ def test_prices_are_shown_on_the_chat_page_and_in_bodies(make_app, owner, make_u
         assert poor.status_code == 402 and poor.json["price"] == 4  # 3 tokens < the most, 4
         owner.execute(
             "select api.admin_adjust(%s, %s, 5, 'more')",
-            [owner.execute("select id from api.accounts where is_admin limit 1").fetchone()["id"],
-             user],
+            [
+                owner.execute("select id from api.accounts where is_admin limit 1").fetchone()[
+                    "id"
+                ],
+                user,
+            ],
         )
         paid = app.test_client().post(
             "/api/agent", json={"message": "hi"}, headers=bearer(create_key(owner, user))
