@@ -3,7 +3,7 @@
 ``POST /bench/agent-unbilled`` is ``POST /api/agent`` without the ledger: it authenticates the
 same way (an API key through webapp.api_auth), passes the same rate limiter, runs the same
 agent on the message and answers the same JSON shape, but never calls
-api.begin_agent_request / api.finish_agent_request (nothing charged, nothing stored). The
+api.begin_agent_request / api.settle_agent_request (nothing reserved, nothing stored). The
 difference in latency between the two routes is the cost of billing.
 
 It exists only here: ``webapp.create_app()`` never registers it (a test checks), and only

@@ -133,6 +133,7 @@
 
     const answer = addMessage("assistant", "");
     let failed = false;
+    let warning = "";
     await readLines(response, function (line) {
       if (line.conversation_id) rememberConversation(line.conversation_id, text);
       if (typeof line.delta === "string") answer.textContent += line.delta;
@@ -141,9 +142,10 @@
         answer.parentElement.classList.add("failed");
         answer.textContent = line.error;
       }
+      if (line.warning) warning = line.warning;  // stopped after part of the reply: charged
       if (typeof line.balance === "number") setBalance(line.balance);
     });
-    statusLine.textContent = failed ? "The agent did not answer; your token was returned." : "";
+    statusLine.textContent = failed ? "The agent did not answer; your tokens were returned." : warning;
     return failed ? "failed" : "answered";
   }
 
