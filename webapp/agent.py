@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -562,9 +562,7 @@ def api_agent():
         settled = _settle(db, call, "failed", [], f"history: {exc.sqlstate}")
         fields = _ended(settled)[1] if settled else {"error": UNSAVED}
         return _json({"request_id": request_id, **fields}, 502)
-    call = AgentCall(
-        **{**call.__dict__, "input_chars": len(message) + sum(len(t.content) for t in history)}
-    )
+    call = replace(call, input_chars=len(message) + sum(len(t.content) for t in history))
     if stream:
         return _stream(db, call, agent, history, timeout)
     return _answer(db, call, agent, history, timeout)
