@@ -372,7 +372,7 @@ $$;
  * Record how much of a streamed reply is about to reach the client (parts and characters so
  * far; the first call sets first_delivered_at). Called BEFORE the part is handed over, so a
  * killed worker's hold knows output was sent. Never lowers what was recorded. Returns false
- * when the hold is no longer held (it expired and was settled): stop streaming.
+ * (and records nothing) when the hold is no longer held or its time is up: stop streaming.
  */
 create function api.record_agent_delivery(
     p_user_id uuid, p_request_id text, p_parts integer, p_chars integer, p_input_chars integer
@@ -386,6 +386,7 @@ language sql security definer set search_path = '' as $$
                first_delivered_at = coalesce(h.first_delivered_at, now()),
                progress_at = now()
          where h.user_id = p_user_id and h.request_id = p_request_id and h.status = 'held'
+           and h.expires_at > now()
         returning 1)
     select exists (select from touched);
 $$;

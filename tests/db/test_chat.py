@@ -169,6 +169,15 @@ def test_expire_first_then_a_late_settle_changes_nothing(owner, app_conn, make_u
     assert audit(app_conn) == []
 
 
+def test_a_hold_whose_time_is_up_records_no_more_delivery(owner, app_conn, make_user):
+    user = make_user(balance=1)
+    begin(app_conn, user, "r1")
+    make_overdue(owner, user)
+    assert deliver(app_conn, user, "r1") is False  # the stream stops instead of running on
+    row = settle(app_conn, user, "r1", "timeout", reply="")
+    assert (row["status"], row["message_status"], row["charged"]) == ("settled", "timeout", 0)
+
+
 def test_settle_first_then_expire_changes_nothing(owner, app_conn, make_user):
     user = make_user(balance=2)
     begin(app_conn, user, "r1")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +21,7 @@ import pytest
 from tests.conftest import audit, balance_of
 from tests.support.agents import bearer, create_key, ledger_kinds, make_overdue, ndjson, open_holds
 from tests.support.model_stub import ModelStub
+from tests.support.servers import serve
 
 
 def stream_call(client, headers, message="tell me a story", key=None, **body):
@@ -128,6 +131,40 @@ def test_failure_before_the_first_part_is_released(make_app, owner, make_user, s
     assert ledger_kinds(owner, user)[-2:] == ["reserve", "release"]
     assert assistant_row(owner, user)["status"] == "failed"
     assert open_holds(owner, user) == 0
+
+
+def test_a_computed_json_reply_is_charged_even_if_the_client_left(make_app, owner, make_user):
+    """The adversary sends a JSON request and hangs up at once, hoping nothing is charged; the
+    reply is computed anyway (the model was paid), charged, and theirs by replaying the key."""
+    with ModelStub(parts=5, delay=0.05) as slow:
+        app = make_app(**slow.app_config())
+        user = make_user(balance=2)
+        secret = create_key(owner, user)
+        body = json.dumps({"message": "answer me later"}).encode()
+        with serve(app) as base:
+            host, port = base.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(
+                    b"POST /api/agent HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Authorization: Bearer {secret}\r\nIdempotency-Key: hang-up\r\n".encode()
+                    + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+            # gone before any answer; the worker finishes and settles on its own
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                hold = hold_of(owner, user)
+                if hold and hold["status"] != "held":
+                    break
+                time.sleep(0.05)
+    assert hold_of(owner, user)["status"] == "settled" and balance_of(owner, user) == 1
+    replay = app.test_client().post(
+        "/api/agent",
+        json={"message": "answer me later"},
+        headers={**bearer(secret), "Idempotency-Key": "hang-up"},
+    )
+    assert replay.json["reply"] == slow.reply() and replay.json["replayed"] is True
+    assert balance_of(owner, user) == 1
 
 
 def test_a_finished_stream_is_charged_once_and_replays_free(make_app, owner, make_user, stub):
