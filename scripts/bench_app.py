@@ -20,10 +20,11 @@ from typing import Any
 from flask import Blueprint, Flask, abort, current_app, jsonify, request
 
 from webapp import create_app
-from webapp.agent import _agent_limit, _collect, _rate_key
+from webapp.agent import _agent_limit, _rate_key
 from webapp.agents import get_agent
 from webapp.api_auth import api_login_required, api_user
 from webapp.extensions import csrf, limiter
+from webapp.metering import collect
 
 bp = Blueprint("bench", __name__, url_prefix="/bench")
 UNBILLED_PATH = "/bench/agent-unbilled"
@@ -41,7 +42,7 @@ def agent_unbilled():
     user = api_user()
     agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
     timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
-    reply = asyncio.run(asyncio.wait_for(_collect(agent, [], data["message"]), timeout))
+    reply = asyncio.run(asyncio.wait_for(collect(agent, [], data["message"]), timeout))
     response = jsonify(
         request_id=request.headers.get("Idempotency-Key") or uuid.uuid4().hex,
         conversation_id=None,

@@ -255,13 +255,13 @@ def test_a_request_left_pending_by_a_dead_worker_is_settled_by_its_retry(
 
 
 def test_the_periodic_sweep_settles_other_users_expired_holds(app, owner, app_conn, member):
-    import webapp.agent
+    import webapp.metering
 
     gone, _ = member(balance=2)
     begin_request(app_conn, gone, "abandoned")
     app_conn.execute("select api.record_agent_delivery(%s, 'abandoned', 3, 40, 10)", [gone])
     make_overdue(owner, gone)
-    webapp.agent._last_sweep = 0.0  # the sweep runs at most once a minute per process
+    webapp.metering._last_sweep = 0.0  # the sweep runs at most once a minute per process
 
     caller, _ = member(balance=1)
     assert ask(app.test_client(), headers=bearer(create_key(owner, caller))).status_code == 200
