@@ -247,6 +247,34 @@ $$;
 -- ============================================================================================
 -- The agent request API (replaces 0007's begin/finish/fail/expire)
 -- ============================================================================================
+/*
+ * Requests left pending by 0007's path have no hold: nothing recorded whether their output was
+ * delivered, so by the expiry rule they are released (api.release, their 'consumption' given
+ * back as 'consumption_refund') and marked timeout, before the functions that would have
+ * finished them go away.
+ */
+do $$
+declare
+    v_row record;
+begin
+    for v_row in
+        select m.user_id, m.request_id from tokenbill.messages m
+         where m.role = 'assistant' and m.status = 'pending'
+           and not exists (select from tokenbill.agent_holds h
+                            where h.user_id = m.user_id and h.request_id = m.request_id)
+         order by m.id
+    loop
+        perform api.release(v_row.user_id, v_row.request_id,
+                            'released at the upgrade to holds (0014): delivery unknown');
+        update tokenbill.messages m
+           set status = 'timeout', completed_at = now(),
+               error = 'released at the upgrade to reserve/settle (0014)'
+         where m.user_id = v_row.user_id and m.request_id = v_row.request_id
+           and m.role = 'assistant' and m.status = 'pending';
+    end loop;
+end
+$$;
+
 drop function api.begin_agent_request(uuid, text, uuid, text, integer);
 drop function api.finish_agent_request(uuid, text, text);
 drop function api.fail_agent_request(uuid, text, text, boolean);
