@@ -47,7 +47,6 @@ alter table tokenbill.ledger
 comment on column tokenbill.ledger.delta is
     'Tokens moved. A settle row may be 0: the request was charged all it reserved.';
 
-create index ledger_request_idx on tokenbill.ledger (user_id, request_id) where request_id is not null;
 
 -- a reservation can take a balance below the user's alert threshold, like a consumption did
 drop trigger ledger_low_balance_alert on tokenbill.ledger;
@@ -578,7 +577,8 @@ $$;
  * Every user whose balance disagrees with their ledger (the sum of deltas, or the latest
  * balance_after), and every agent hold whose ledger rows disagree with it: a held hold has
  * exactly its reserve row, a closed one also exactly one settle/release row, and the request's
- * net movement is -reserved while held, -charged once closed. Must always return no rows.
+ * net movement is -reserved while held, -charged once closed; hold rows without a hold are
+ * reported too. Must always return no rows.
  */
 drop function api.ledger_audit();
 create function api.ledger_audit()
@@ -597,19 +597,27 @@ language sql stable security definer set search_path = '' as $$
      where u.balance <> coalesce(s.total, 0)
         or u.balance is distinct from coalesce(s.last_after, 0)
     union all
-    select h.user_id, null::integer, coalesce(m.net, 0), null::integer, h.request_id,
-           format('hold %s (%s, reserved %s, charged %s): %s reserve, %s settle/release rows, net %s',
-                  h.id, h.status, h.reserved, h.charged, coalesce(m.reserves, 0),
-                  coalesce(m.closes, 0), coalesce(m.net, 0))
+    select coalesce(h.user_id, m.user_id), null::integer, coalesce(m.net, 0), null::integer,
+           coalesce(h.request_id, m.request_id),
+           case when h.id is null then
+                     format('%s reserve and %s settle/release rows without a hold',
+                            m.reserves, m.closes)
+                else format('hold %s (%s, reserved %s, charged %s): %s reserve, %s settle/release rows, net %s',
+                            h.id, h.status, h.reserved, h.charged, coalesce(m.reserves, 0),
+                            coalesce(m.closes, 0), coalesce(m.net, 0)) end
       from tokenbill.agent_holds h
-      left join lateral (
-            select count(*) filter (where l.kind::text = 'reserve') as reserves,
+      full join (
+            -- one pass over the ledger's hold rows (no per-hold lookups: the audit scans anyway)
+            select l.user_id, l.request_id,
+                   count(*) filter (where l.kind::text = 'reserve') as reserves,
                    count(*) filter (where l.kind::text in ('settle', 'release')) as closes,
                    sum(l.delta) as net
               from tokenbill.ledger l
-             where l.user_id = h.user_id and l.request_id = h.request_id
-               and l.kind::text in ('reserve', 'settle', 'release')) m on true
-     where coalesce(m.reserves, 0) <> 1
+             where l.kind::text in ('reserve', 'settle', 'release')
+             group by l.user_id, l.request_id) m
+        on m.user_id = h.user_id and m.request_id = h.request_id
+     where h.id is null
+        or coalesce(m.reserves, 0) <> 1
         or coalesce(m.closes, 0) <> case when h.status = 'held' then 0 else 1 end
         or coalesce(m.net, 0) <> case when h.status = 'held' then -h.reserved else -h.charged end;
 $$;

@@ -4,11 +4,15 @@ settled by what was delivered — once, whichever of settle and expiry comes fir
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
 
+from scripts import migrate
 from tests.conftest import audit, balance_of, connect_as_app
 from tests.support.agents import begin_request as begin
 from tests.support.agents import make_overdue, open_holds
@@ -315,20 +319,42 @@ def test_same_request_from_10_threads_starts_once(database_url, owner, make_user
     assert balance_of(owner, user) == 4
 
 
-def test_the_audit_sees_a_hold_the_ledger_disagrees_with(owner, make_user):
-    """A compromised owner session posting an extra settle row is caught, not hidden."""
-    user = make_user(balance=2)
+@pytest.fixture
+def scratch_owner(admin_url: str):
+    """The owner of a database of its own: for forging rows the shared one must never hold."""
+    name = f"tokenbill_scratch_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    url = make_conninfo(admin_url, dbname=name)
+    try:
+        migrate.upgrade(url)
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            yield conn
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"drop database {name} with (force)")
+
+
+def test_the_audit_sees_holds_the_ledger_disagrees_with(scratch_owner):
+    """A compromised owner session posting hold rows behind the functions' back is caught."""
+    owner = scratch_owner
+    user = owner.execute("select api.register_user('x@example.test', 'x') as id").fetchone()["id"]
+    admin = owner.execute("select api.register_user('a@example.test', 'x') as id").fetchone()["id"]
+    owner.execute("select api.set_admin('a@example.test')")
+    owner.execute("select api.admin_adjust(%s, %s, 3, 'setup')", [admin, user])
     begin(owner, user, "r1")
+    assert audit(owner) == []
     owner.execute(
         "select tokenbill.post_entry(%s, 'settle', 1, p_request_id => 'r1', p_reason => 'forged')",
         [user],
     )
-    problems = audit(owner)
-    assert [p["request_id"] for p in problems] == ["r1"]
-    assert "hold" in problems[0]["problem"]
-    # the other tests share this database: drop the evidence (holds are not the ledger)
-    owner.execute("delete from tokenbill.agent_holds where user_id = %s", [user])
-    assert audit(owner) == []
+    owner.execute(
+        "select tokenbill.post_entry(%s, 'release', 1, p_request_id => 'no-hold')", [user]
+    )
+    problems = sorted(audit(owner), key=lambda p: p["request_id"])
+    assert [p["request_id"] for p in problems] == ["no-hold", "r1"]
+    assert "without a hold" in problems[0]["problem"]
+    assert "1 settle/release rows" in problems[1]["problem"]
 
 
 @pytest.mark.parametrize(
