@@ -64,7 +64,7 @@ from webapp.api_auth import new_api_key
 
 WEBHOOK_SECRET = "whsec_fault_injection_" + "0" * 8  # a private server: the secret is not one
 AGENT_TIMEOUT_SECONDS = 2
-AGENT_HOLD_SECONDS = 4  # holds of killed workers expire soon after the chaos stops
+AGENT_HOLD_SECONDS = AGENT_TIMEOUT_SECONDS + 5  # the shortest the app allows: soon after chaos
 CLIENT_TIMEOUT = (5.0, 60.0)  # longer than any server-side wait, so we never abandon a request
 MAX_ATTEMPTS = 16  # Stripe retries for days; a bounded number keeps a broken run finite
 BACKOFF_START = 0.05

@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -142,9 +143,11 @@ def _max_message_chars() -> int:
 
 
 def _hold_seconds(timeout: float) -> int:
-    """How long a reservation lives before the expiry rule settles it (longer than a call)."""
+    """How long a reservation lives before the expiry rule settles it: never shorter than a
+    call may run (+5 s), or a live call's hold could be settled under it."""
     configured = int(current_app.config.get("AGENT_HOLD_SECONDS") or 0)
-    return configured if configured > 0 else int(2 * timeout + 30)
+    floor = math.ceil(timeout) + 5
+    return max(configured, floor) if configured > 0 else int(2 * timeout + 30)
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:

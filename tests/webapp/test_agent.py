@@ -254,6 +254,20 @@ def test_a_request_left_pending_by_a_dead_worker_is_settled_by_its_retry(
     assert audit(owner) == []
 
 
+@pytest.mark.parametrize(("hold", "timeout", "expected"), [(1, 10, 15), (0, 10, 50), (90, 10, 90)])
+def test_a_hold_outlives_the_call_it_reserves_for(make_app, owner, member, hold, timeout, expected):
+    """A misconfigured operator cannot make holds expire under live calls."""
+    app = make_app(AGENT_HOLD_SECONDS=hold, AGENT_TIMEOUT_SECONDS=timeout)
+    user, _ = member(balance=1)
+    assert ask(app.test_client(), headers=bearer(create_key(owner, user))).status_code == 200
+    row = owner.execute(
+        "select extract(epoch from expires_at - created_at)::integer as s from api.agent_holds"
+        " where user_id = %s",
+        [user],
+    ).fetchone()
+    assert row["s"] == expected
+
+
 def test_the_periodic_sweep_settles_other_users_expired_holds(app, owner, app_conn, member):
     import webapp.metering
 

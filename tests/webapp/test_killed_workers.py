@@ -26,7 +26,8 @@ from tests.conftest import WEBHOOK_SECRET, audit, balance_of
 from tests.support.agents import create_key, ledger_kinds, open_holds
 from tests.support.model_stub import ModelStub
 
-HOLD_SECONDS = 4
+TIMEOUT_SECONDS = 5  # longer than the test needs to read 3 parts and kill the worker
+HOLD_SECONDS = TIMEOUT_SECONDS + 5  # the shortest hold the app allows
 
 
 def start_stream(base_url: str, secret: str, key: str, message: str) -> requests.Response:
@@ -54,7 +55,7 @@ def test_holds_of_a_killed_worker_expire_by_the_rule(database_url, owner, make_u
             "SECRET_KEY": secrets.token_urlsafe(32),
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "AGENT_RATE_LIMIT": "1000 per minute",
-            "AGENT_TIMEOUT_SECONDS": "60",  # nothing ends these streams but the kill
+            "AGENT_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),  # only the kill ends these streams
             "AGENT_HOLD_SECONDS": str(HOLD_SECONDS),
             **{k: str(v) for k, v in stub.app_config().items()},
         }
