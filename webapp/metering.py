@@ -111,14 +111,15 @@ def settle(
     db: Database, call: AgentCall, outcome: str, parts: list[str], error: str | None
 ) -> Settlement | None:
     """Settle in PostgreSQL; None when the database could not be reached (the hold then
-    expires by its rule)."""
+    expires by its rule). ``error`` is stored for operators, never logged (it may quote a
+    provider's answer)."""
     if outcome != "done":
         log.warning(
-            "agent request %s of user %s ended %s: %s",
+            "agent request %s of user %s ended %s after %s part(s)",
             call.request_id,
             call.user_id,
             outcome,
-            error,
+            len(parts),
         )
     try:
         row = db.fetch_one(
@@ -223,6 +224,7 @@ def metered(
         settle(db, call, "disconnected", parts, "the client disconnected")
         raise
     except Exception as exc:
+        log.warning("agent request %s failed: %s", call.request_id, type(exc).__name__)
         outcome, error = "failed", f"{type(exc).__name__}: {exc}"
     finally:
         producer.cancel()
