@@ -290,17 +290,17 @@ def _replay(row: dict[str, Any], request_id: str, stream: bool) -> Response:
         return _json({**body, "error": TIMED_OUT}, 504)
     if row["status"] == "failed":
         return _json({**body, "error": FAILED}, 502)
-    extra = {"partial": True, "warning": PARTIAL} if row["status"] == "partial" else {}
+    partial = {"partial": True, "warning": PARTIAL} if row["status"] == "partial" else {}
     if stream:
         lines = [
             _line({"conversation_id": row["conversation_id"], "request_id": request_id}),
             _line({"delta": row["reply"]}),
-            _line({"done": True, **body, **extra}),
+            _line({**(partial or {"done": True}), **body}),
         ]
         response = Response(lines, mimetype="application/x-ndjson")
         response.headers["X-Token-Balance"] = str(row["balance"])
         return response
-    return _json({**body, "reply": row["reply"], **extra})
+    return _json({**body, "reply": row["reply"], **partial})
 
 
 @bp.post("/api/agent")
