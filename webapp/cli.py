@@ -97,21 +97,13 @@ def create_admin(email: str, password: str | None) -> None:
 
 
 @click.command("expire-agent-requests")
-@click.option(
-    "--older-than",
-    default=600,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Seconds a request may stay pending before it is failed and refunded.",
-)
 @with_appcontext
-def expire_agent_requests(older_than: int) -> None:
-    """Refund agent requests whose worker died mid-answer (run from cron)."""
+def expire_agent_requests() -> None:
+    """Settle agent holds past their expiry by the written rule (run from cron): charged when
+    the dead worker had delivered output, released otherwise."""
     with operator_connection() as conn:
-        count = conn.execute(
-            "select api.expire_agent_requests(make_interval(secs => %s))", [older_than]
-        ).fetchone()[0]  # type: ignore[index]
-    click.echo(f"Expired {count} pending agent request(s).")
+        count = conn.execute("select api.expire_agent_holds()").fetchone()[0]  # type: ignore[index]
+    click.echo(f"Settled {count} expired agent request(s).")
 
 
 def init_app(app: Flask) -> None:

@@ -72,7 +72,11 @@ def from_env() -> dict[str, Any]:
         "WEBHOOK_DB_TIMEOUT_SECONDS": float(os.environ.get("WEBHOOK_DB_TIMEOUT_SECONDS") or 10),
         "PAYMENTS_SIMULATED": _flag("PAYMENTS_SIMULATED", default=False),
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", "").rstrip("/"),
-        "AGENT_TOKEN_COST": _int("AGENT_TOKEN_COST", 1),
+        # prices live in the database (tokenbill.prices); these bound what one call may cost us
+        "AGENT_MAX_TOKENS": _int("AGENT_MAX_TOKENS", 1024),
+        "AGENT_HISTORY_CHARS": _int("AGENT_HISTORY_CHARS", 24000),
+        "AGENT_MAX_MESSAGE_CHARS": _int("AGENT_MAX_MESSAGE_CHARS", 20000),
+        "AGENT_HOLD_SECONDS": _int("AGENT_HOLD_SECONDS", 0),
         # The buyer pays per message: the limit protects the service from floods, not the
         # price, so it must not get in the way of a person chatting (or a script with a key).
         "AGENT_RATE_LIMIT": os.environ.get("AGENT_RATE_LIMIT", "60 per minute"),

@@ -1,4 +1,9 @@
-"""api.consume / api.release: atomic, never overdrawn, idempotent per request id."""
+"""api.consume / api.release: atomic, never overdrawn, idempotent per request id.
+
+Since 0014 the agent path reserves and settles holds instead, and the web app's role may no
+longer call these: they are the ledger primitives left to operators and benchmarks, so these
+tests call them as the database owner.
+"""
 
 from __future__ import annotations
 
@@ -168,3 +173,11 @@ def test_concurrent_release_refunds_once(database_url, owner, make_user):
         statuses = list(pool.map(lambda _: release(), range(10)))
     assert statuses.count("released") == 1
     assert balance_of(owner, user) == 1
+
+
+def test_the_app_role_may_no_longer_call_them(app_conn, make_user):
+    user = make_user(balance=1)
+    for statement in ("select api.consume(%s, 'x')", "select api.release(%s, 'x')"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app_conn.execute(statement, [user])
+    assert balance_of(app_conn, user) == 1

@@ -60,6 +60,15 @@ def test_threshold_zero_never_alerts_and_custom_threshold(owner, make_user):
     assert alerts(owner, custom) == [{"threshold": 50, "balance": 49}]
 
 
+def test_an_agent_reservation_crossing_the_threshold_alerts_once(app_conn, owner, make_user):
+    from tests.support.agents import begin_request
+
+    user = make_user(balance=10)
+    begin_request(app_conn, user, "r1")  # 10 -> 9: the reservation crosses
+    app_conn.execute("select api.settle_agent_request(%s, 'r1', 'failed', '', 0)", [user])
+    assert alerts(owner, user) == [{"threshold": 10, "balance": 9}]  # the release: no alert
+
+
 def test_acknowledge_hides_the_alert(owner, make_user):
     user = make_user(balance=10)
     spend(owner, user, "x")

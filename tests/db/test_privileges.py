@@ -25,10 +25,12 @@ ALLOWED = {
         "revoke_api_key",
         "user_for_api_key",
         "record_checkout_session",
+        # the metered agent path (0014): reserve → record delivery → settle / expire
+        "agent_price",
         "begin_agent_request",
-        "finish_agent_request",
-        "fail_agent_request",
-        "expire_agent_requests",
+        "record_agent_delivery",
+        "settle_agent_request",
+        "expire_agent_holds",
         "set_low_balance_threshold",
         "acknowledge_low_balance_alerts",
         "billing_metrics",
@@ -103,6 +105,21 @@ def test_group_roles_cannot_log_in_or_escalate(owner):
     assert len(rows) == len(ALLOWED)
     for row in rows:
         assert not any(v for k, v in row.items() if k != "rolname"), row
+
+
+def test_the_replaced_agent_functions_are_gone(owner):
+    """0014's settle (with its status guard) is the only way to end a request: no old path."""
+    rows = owner.execute(
+        f"select name from ({FUNCTIONS}) f where schema = 'api' and name = any(%s)",
+        [["finish_agent_request", "fail_agent_request", "expire_agent_requests"]],
+    ).fetchall()
+    assert rows == []
+    signatures = {
+        r["signature"]
+        for r in owner.execute(f"select signature from ({FUNCTIONS}) f").fetchall()
+        if r["signature"].startswith("api.begin_agent_request(")
+    }
+    assert len(signatures) == 1  # the 0007 signature was dropped, not left behind
 
 
 def test_the_app_role_can_write_no_table(owner):
