@@ -34,12 +34,12 @@ def test_daily_stats_count_today_and_fill_empty_days(admin_conn, owner, make_use
     assert after["sessions_created"] - before["sessions_created"] == 1
 
 
-def test_agent_requests_count_what_they_were_charged(app_conn, make_user):
+def test_agent_requests_count_what_they_were_charged(app_conn, admin_conn, make_user):
     """Reserved, settled and released rows net out to what the requests cost."""
     from tests.support.agents import begin_request
 
     user = make_user(balance=5)
-    before = today(app_conn)
+    before = today(admin_conn)
     for request_id, reply in [("served", "an answer"), ("nothing", ""), ("open", None)]:
         begin_request(app_conn, user, request_id)
         if reply is not None:
@@ -47,6 +47,6 @@ def test_agent_requests_count_what_they_were_charged(app_conn, make_user):
                 "select api.settle_agent_request(%s, %s, %s, %s, 0)",
                 [user, request_id, "done" if reply else "failed", reply],
             )
-    after = today(app_conn)
+    after = today(admin_conn)
     # 1 charged + 0 released + 1 still reserved (a running request's hold counts until settled)
     assert after["tokens_consumed"] - before["tokens_consumed"] == 2

@@ -51,6 +51,7 @@ def test_holds_of_a_killed_worker_expire_by_the_rule(database_url, owner, make_u
         tempfile.TemporaryDirectory(prefix="tokenbill-kill-") as tmp,
     ):
         env = {
+            "TOKENBILL_ENV": "development",
             "DATABASE_URL": database_url,
             "SECRET_KEY": secrets.token_urlsafe(32),
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
