@@ -24,4 +24,7 @@ def test_every_test_the_threat_model_names_exists():
                 f"{current_file.name}::{name}"
             )
             named += 1
+    for path in re.findall(r"`(db/tests/\w+\.sql)`", text):  # pgTAP files, run by pg_prove
+        assert (ROOT / path).exists(), path
+        named += 1
     assert named >= 20

@@ -13,7 +13,7 @@
  * Internal entry points (grant_for_payment, revoke_for_*, consume, release, admin_adjust with
  * an admin id, set_admin) stay in api for the definer functions that call them but are granted
  * to nobody: only the owner (operators, migrations) executes them.
- * tests/db/test_privileges.py holds the allow-list per role.
+ * db/tests/privileges.sql (pgTAP) holds the allow-list per role.
  */
 
 -- ============================================================================================

@@ -1,0 +1,90 @@
+-- Who may execute what: the per-role allow-list, and the conventions every migration keeps.
+-- A new api function must be added to exactly one list below (or to owner-only) to pass.
+begin;
+create extension if not exists pgtap;
+select plan(14);
+
+create temp view fns as
+    select n.nspname as schema, p.proname as name, p.oid as oid,
+           p.oid::regprocedure::text as signature, p.prosecdef as security_definer,
+           coalesce(p.proconfig, '{}') as config
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+     where n.nspname in ('api', 'tokenbill');
+
+create temp table allowed (role name, fn name);
+insert into allowed values
+    -- the web app's views: accounts, sessions, keys, checkout creation, the metered agent path
+    -- (reserve → record delivery → settle / expire), low-balance settings, metrics
+    ('tokenbill_app', 'register_user'), ('tokenbill_app', 'user_credentials'),
+    ('tokenbill_app', 'start_web_session'), ('tokenbill_app', 'web_session_user'),
+    ('tokenbill_app', 'end_web_session'), ('tokenbill_app', 'change_password'),
+    ('tokenbill_app', 'create_api_key'), ('tokenbill_app', 'revoke_api_key'),
+    ('tokenbill_app', 'user_for_api_key'), ('tokenbill_app', 'record_checkout_session'),
+    ('tokenbill_app', 'agent_price'), ('tokenbill_app', 'begin_agent_request'),
+    ('tokenbill_app', 'record_agent_delivery'), ('tokenbill_app', 'settle_agent_request'),
+    ('tokenbill_app', 'expire_agent_holds'), ('tokenbill_app', 'set_low_balance_threshold'),
+    ('tokenbill_app', 'acknowledge_low_balance_alerts'), ('tokenbill_app', 'billing_metrics'),
+    -- the only role that applies Stripe objects
+    ('tokenbill_webhook', 'handle_stripe_event'), ('tokenbill_webhook', 'record_stripe_event_failure'),
+    ('tokenbill_webhook', 'fulfil_checkout_session'),
+    -- admin pages, after the app checked the signed-in admin
+    ('tokenbill_admin', 'admin_adjust_balance'), ('tokenbill_admin', 'ledger_audit'),
+    ('tokenbill_admin', 'daily_stats'),
+    ('tokenbill_notifier', 'claim_alert_notifications'),
+    ('tokenbill_notifier', 'finish_alert_notification');
+
+-- granted to nobody: internals other definer functions call, and operator tools
+create temp table owner_only (fn name);
+insert into owner_only values ('grant_for_payment'), ('revoke_for_refund'), ('revoke_for_dispute'),
+    ('consume'), ('release'), ('admin_adjust'), ('set_admin');
+
+select is_empty($$select signature from fns
+                   where has_function_privilege('public', oid, 'execute')$$,
+                'PUBLIC executes no function');
+select is_empty($$select signature from fns
+                   where not exists (select from unnest(config) c where c like 'search_path=%')$$,
+                'every function pins its search_path');
+select is_empty($$select signature from fns where security_definer and schema <> 'api'$$,
+                'SECURITY DEFINER only for the api surface, never for internals');
+
+select set_eq(format($$select name from fns
+                        where has_function_privilege(%L, oid, 'execute')$$, r),
+              format($$select fn from allowed where role = %L$$, r),
+              r || ' executes exactly its allow-list')
+  from unnest(array['tokenbill_app', 'tokenbill_webhook', 'tokenbill_admin',
+                    'tokenbill_notifier']::name[]) r;
+select is_empty($$select schema, name from fns, unnest(array['tokenbill_app', 'tokenbill_webhook',
+                        'tokenbill_admin', 'tokenbill_notifier']) r
+                   where schema <> 'api' and has_function_privilege(r, oid, 'execute')$$,
+                'no group role executes anything outside api');
+
+select set_eq($$select name from fns where schema = 'api'
+                 except select fn from allowed$$,
+              $$select fn from owner_only$$,
+              'every api function is allowed to a role, or is owner-only');
+select is_empty($$select fn from allowed intersect select fn from owner_only$$,
+                'nothing is both allowed and owner-only');
+
+select is_empty($$select rolname from pg_roles
+                   where rolname in ('tokenbill_app', 'tokenbill_webhook', 'tokenbill_admin',
+                                     'tokenbill_notifier')
+                     and (rolcanlogin or rolsuper or rolcreaterole or rolcreatedb or rolbypassrls)$$,
+                'group roles cannot log in or escalate');
+
+select is_empty($$select name from fns where schema = 'api'
+                   and name in ('finish_agent_request', 'fail_agent_request', 'expire_agent_requests')$$,
+                'the agent functions 0014 replaced are gone');
+select is((select count(*)::int from fns where signature like 'api.begin_agent_request(%'), 1,
+          'one begin_agent_request: the 0007 signature was dropped, not left behind');
+
+select is_empty($$select c.relname, p
+                   from pg_class c join pg_namespace n on n.oid = c.relnamespace,
+                        unnest(array['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) p,
+                        unnest(array['tokenbill_app', 'tokenbill_webhook', 'tokenbill_admin',
+                                     'tokenbill_notifier']) r
+                  where n.nspname in ('api', 'tokenbill', 'public') and c.relkind in ('r', 'v', 'p')
+                    and has_table_privilege(r, c.oid, p)$$,
+                'no group role can write any table or view');
+
+select * from finish();
+rollback;
