@@ -36,7 +36,8 @@ from scripts.stripe_fixtures import (
     sign,
 )
 
-SHARED_FIXTURES = Path("/work/shared/stripe-event-fixtures")
+# The project's shared/ folder sits beside the checkout (developers' machines and CI alike).
+SHARED_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe-event-fixtures"
 
 __all__ = [
     "DEFAULT_AMOUNTS",
@@ -70,9 +71,9 @@ def signed(evt: dict[str, Any], secret: str, timestamp: int | None = None) -> tu
     return body, sign(body, secret, timestamp)
 
 
-def shared_fixture(name: str) -> dict[str, Any] | None:
-    """A copy of a captured Stripe event from the shared fixtures (None when absent)."""
+def shared_fixture(name: str) -> dict[str, Any]:
+    """A copy of a captured Stripe event from the shared fixtures (shared/ beside the checkout)."""
     path = SHARED_FIXTURES / f"{name}.json"
     if not path.exists():
-        return None
+        raise FileNotFoundError(f"{path}: the shared Stripe fixtures must sit beside the checkout")
     return copy.deepcopy(json.loads(path.read_text()))
