@@ -22,10 +22,15 @@ def save_settings():
     """Set the threshold below which a consumption records a low-balance alert (0 = off)."""
     raw = request.form.get("low_balance_threshold", "").strip()
     if not raw.isdigit() or int(raw) > 1_000_000:
-        flash("The alert threshold must be a whole number from 0 to 1000000.")
+        flash("The alert threshold must be a whole number from 0 to 1000000.", "error")
         return render_template("account/settings.html"), 400
     get_db().fetch_one("select api.set_low_balance_threshold(%s, %s)", [current_user.id, int(raw)])
-    flash("Saved." if int(raw) else "Saved: low-balance alerts are off.")
+    flash(
+        f"Saved: we warn you when your balance drops below {int(raw)} tokens."
+        if int(raw)
+        else "Saved: low-balance alerts are off.",
+        "success",
+    )
     return redirect(url_for("account.settings"), code=303)
 
 

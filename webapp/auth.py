@@ -55,9 +55,9 @@ def register():
                 error = "An account with this email already exists."
             else:
                 login_user(load_user(user_id))  # type: ignore[arg-type]
-                flash("Welcome! Buy a token package to start using the agent.")
+                flash("Welcome to tokenbill! Your account is ready.", "success")
                 return redirect(url_for("agent.chat"), code=303)
-        flash(error)
+        flash(error, "error")
         return render_template("auth/register.html", email=email), 400
     return render_template("auth/register.html")
 
@@ -79,7 +79,7 @@ def login():
         if valid:
             login_user(load_user(row["id"]))  # type: ignore[arg-type, index]
             return redirect(_safe_next(request.args.get("next")), code=303)
-        flash("Incorrect email or password.")
+        flash("Incorrect email or password.", "error")
         return render_template("auth/login.html", email=email), 401
     return render_template("auth/login.html")
 

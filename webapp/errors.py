@@ -55,6 +55,18 @@ def register(app: Flask) -> None:
         log.error("no database connection available on %s %s", request.method, request.path)
         return error_response(503, "The service is temporarily unavailable; try again.")
 
+    @app.errorhandler(429)
+    def too_many_requests(exc: HTTPException):
+        # Flask-Limiter's description is the bare limit ("10 per 1 minute"); say what to do.
+        message = (
+            f"Too many requests (limit: {exc.description}). Wait a minute and try again;"
+            " nothing was charged for the refused request."
+        )
+        body, status = error_response(429, message)
+        response = app.make_response((body, status))
+        response.headers.setdefault("Retry-After", "60")
+        return response
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         return error_response(exc.code or 500, exc.description or exc.name)

@@ -9,6 +9,7 @@ filtered by the session's user id, so nobody can page into someone else's rows.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +29,14 @@ KIND_LABELS = {
     "clawback_reversal": "Given back (dispute won)",
     "admin_adjustment": "Adjustment by support",
 }
+
+
+@bp.app_template_filter("utc")
+def utc(moment: dt.datetime, seconds: bool = False) -> str:
+    """A timestamp in UTC with the zone named (``2026-12-02 03:10 UTC``): never a bare clock."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
 
 
 def page_arg(name: str) -> int:
