@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import pytest
 
@@ -28,4 +29,4 @@ def test_ticks_fit_inside_the_chart_without_crowding(count):
         assert bar.tick_x - left >= chart.plot_left - 1
         assert bar.tick_x - left + 2 * half <= WIDTH
     centres = [t.tick_x - {"start": -half, "middle": 0, "end": half}[t.anchor] for t in ticks]
-    assert all(b - a > 2 * half for a, b in zip(centres, centres[1:], strict=False))
+    assert all(b - a > 2 * half for a, b in itertools.pairwise(centres))
