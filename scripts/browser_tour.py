@@ -284,7 +284,7 @@ OVERFLOW = """() => {
     }
     return false;
   };
-  return [...document.querySelectorAll("body *")]
+  const found = [...document.querySelectorAll("body *")]
     .filter(el => el.getBoundingClientRect().right > width + 0.5 && !clipped(el))
     .slice(0, 5)
     .map(el => {
@@ -293,6 +293,7 @@ OVERFLOW = """() => {
       const right = Math.round(el.getBoundingClientRect().right);
       return `${el.tagName.toLowerCase()}${id}${cls} right=${right}`;
     });
+  return found.length ? found : [`the page is ${document.documentElement.scrollWidth} px wide`];
 }"""
 
 
