@@ -196,6 +196,36 @@ def stock(page: Any, shop: Shop) -> None:
     shop.receipt_url = page.locator("#purchases a", has_text="Stripe receipt").get_attribute("href")
 
 
+def open_shop(browser: Any, shop: Shop, database_url: str) -> Shop:
+    """Register the user (who then buys, chats and has a card declined) and the admin."""
+    import psycopg
+
+    for email in (shop.user_email, shop.admin_email):
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        register(page, shop.base, email)
+        if email == shop.user_email:
+            stock(page, shop)
+        context.close()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("select api.set_admin(%s)", [shop.admin_email])
+        row = conn.execute("select id from api.accounts where email = %s", [shop.user_email])
+        shop.user_id = str(row.fetchone()[0])  # type: ignore[index]
+    return shop
+
+
+def signed_in_page(browser: Any, shop: Shop, role: str, width: int) -> Any:
+    """A fresh context at ``width`` with axe-core loaded, signed in as ``role``."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    axe_ready(context)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    if role != "visitor":
+        login(page, shop.base, shop.user_email if role == "user" else shop.admin_email)
+    return page
+
+
 def _new_key(page: Any, base: str) -> None:
     page.goto(f"{base}/account/keys/")
     page.fill("#key-name", "laptop script")
