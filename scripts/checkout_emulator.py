@@ -327,8 +327,8 @@ class Emulator:
         self.events: dict[str, Obj] = {}
         self.idempotency: dict[tuple[str, str], tuple[str, int, Obj]] = {}
         self.deliveries: list[Delivery] = []
-        # PaymentIntent id -> the card waiting for its 3-D Secure challenge (email, last4, expiry)
-        self.challenges: dict[str, tuple[str, str, tuple[int, int]]] = {}
+        # PaymentIntent id -> the card waiting for its 3-D Secure challenge (email, card, expiry)
+        self.challenges: dict[str, tuple[str, Card, tuple[int, int]]] = {}
         self.rng = random.Random(config.seed)
 
     def now(self) -> int:
@@ -714,7 +714,7 @@ class Emulator:
         pi["payment_method"] = new_id("pm")
         self.challenges.pop(pi["id"], None)  # a new card replaces a pending challenge
         if card.result == DECLINED:
-            charge = self._charge(pi, email, number[-4:], expiry, card)
+            charge = self._charge(pi, email, expiry, card)
             pi.update(
                 status="requires_payment_method",
                 latest_charge=charge["id"],
@@ -734,7 +734,7 @@ class Emulator:
             ]
             return PayOutcome("declined", card.message, events=events)
         if card.result == AUTHENTICATE:
-            self.challenges[pi["id"]] = (email, number[-4:], expiry)
+            self.challenges[pi["id"]] = (email, card, expiry)
             pi.update(
                 status="requires_action",
                 last_payment_error=None,
@@ -748,7 +748,7 @@ class Emulator:
                 redirect_url=f"/pay/{session_id}/authenticate",
                 events=[self._event("payment_intent.requires_action", pi)],
             )
-        return self._succeed(session, pi, email, number[-4:], expiry, card)
+        return self._succeed(session, pi, email, expiry, card)
 
     def pending_challenge(self, session_id: str) -> Obj | None:
         """The session's PaymentIntent while it waits for 3-D Secure, else None."""
@@ -761,11 +761,11 @@ class Emulator:
         pi = self.pending_challenge(session_id)
         if pi is None:
             return PayOutcome("invalid", "No authentication is waiting for this payment.")
-        email, last4, expiry = self.challenges.pop(pi["id"])
+        email, card, expiry = self.challenges.pop(pi["id"])
         pi["next_action"] = None
         if complete:
-            card = CARDS["4000002500003155"]
-            return self._succeed(self.sessions[session_id], pi, email, last4, expiry, card)
+            session = self.sessions[session_id]
+            return self._succeed(session, pi, email, expiry, card)
         pi.update(
             status="requires_payment_method",
             last_payment_error={
@@ -777,10 +777,10 @@ class Emulator:
         return PayOutcome("declined", AUTHENTICATION_FAILED["message"], events=[event])
 
     def _succeed(
-        self, session: Obj, pi: Obj, email: str, last4: str, expiry: tuple[int, int], card: Card
+        self, session: Obj, pi: Obj, email: str, expiry: tuple[int, int], card: Card
     ) -> PayOutcome:
         """Charge the card, complete the session; the events Stripe sends for a paid Checkout."""
-        charge = self._charge(pi, email, last4, expiry, card)
+        charge = self._charge(pi, email, expiry, card)
         pi.update(
             status="succeeded",
             amount_received=pi["amount"],
@@ -833,7 +833,7 @@ class Emulator:
         session["payment_intent"] = pi["id"]
         return pi
 
-    def _charge(self, pi: Obj, email: str, last4: str, expiry: tuple[int, int], card: Card) -> Obj:
+    def _charge(self, pi: Obj, email: str, expiry: tuple[int, int], card: Card) -> Obj:
         declined = card.result == DECLINED
         payment_method = pi["payment_method"]
         charge_id = new_id("ch")
@@ -869,7 +869,7 @@ class Emulator:
                     "exp_month": expiry[1],
                     "exp_year": expiry[0],
                     "funding": "credit",
-                    "last4": last4,
+                    "last4": card.number[-4:],
                 },
             },
             "receipt_email": pi["receipt_email"],

@@ -548,7 +548,7 @@ def test_refunds_emit_charge_refunded_with_cumulative_amounts(
 def test_refund_needs_a_succeeded_charge(client: stripe.StripeClient, receiver: Receiver) -> None:
     session = create(client)
     pay(session, **DECLINED)
-    failed_pi = receiver.events[0].data.object
+    failed_pi = receiver.of_type("payment_intent.payment_failed")[0].data.object
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.refunds.create(params={"payment_intent": failed_pi.id})
     with pytest.raises(stripe.InvalidRequestError):
