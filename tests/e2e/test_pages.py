@@ -8,6 +8,7 @@ violation. The tour itself lives in scripts/browser_tour.py (the screenshots use
 
 from __future__ import annotations
 
+import itertools
 import uuid
 
 import pytest
@@ -40,3 +41,41 @@ def test_every_page_is_right_at_both_widths(browser, shop: Shop, role: str, widt
     page.context.close()
     assert len(stops) >= 3
     assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_cards_line_up_and_chart_text_is_readable(browser, shop: Shop, width: int):
+    page = signed_in_page(browser, shop, "admin", width)
+    page.goto(f"{shop.base}/admin/stats?days=30")
+    summary = page.locator("section.card").bounding_box()
+    for chart in page.locator("figure.chart").all():
+        box = chart.bounding_box()
+        assert (
+            summary["x"] <= box["x"]
+            and box["x"] + box["width"] <= summary["x"] + 1 + (summary["width"])
+        )
+    lefts = {round(c.bounding_box()["x"]) for c in page.locator("figure.chart").all()}
+    assert round(summary["x"]) in lefts  # the first column starts where the summary does
+    # tick labels: at least 9 px tall on screen and never overlapping each other
+    ticks = [t.bounding_box() for t in page.locator("#chart-sold text.tick").all()]
+    assert all(t["height"] >= 9 for t in ticks)
+    bottom = max(t["y"] for t in ticks)
+    axis = sorted((t for t in ticks if t["y"] > bottom - 2), key=lambda t: t["x"])  # the days
+    assert len(axis) == 3
+    assert all(a["x"] + a["width"] < b["x"] for a, b in itertools.pairwise(axis))
+
+    # refused payments name who tried to buy what (from the declined card in the setup)
+    page.goto(f"{shop.base}/admin/payments")
+    row = page.locator("#payments tbody tr", has_text="tokens_250")
+    assert shop.user_email in row.inner_text() and "$10.00" in row.inner_text()
+    page.context.close()
+
+
+def test_buy_buttons_share_one_line_at_1280(browser, shop: Shop):
+    page = signed_in_page(browser, shop, "user", 1280)
+    page.goto(f"{shop.base}/billing/buy")
+    tops = {round(b.bounding_box()["y"]) for b in page.locator(".package button").all()}
+    prices = page.locator(".package-price").first.evaluate("e => getComputedStyle(e).fontSize")
+    page.context.close()
+    assert len(tops) == 1
+    assert float(prices.removesuffix("px")) >= 24  # the price is what stands out
