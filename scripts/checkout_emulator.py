@@ -57,6 +57,15 @@ API_VERSION = stripe.api_version
 TEMPLATES = Path(__file__).resolve().parent / "checkout_emulator_templates"
 
 SESSION_LIFETIME = 24 * 3600
+# The event types docs/stripe.md tells operators to select for the app's webhook endpoint.
+# Like Stripe, the emulator creates every event (GET /v1/events lists them) but delivers only
+# the types the endpoint listens to, so the admin inbox is not filled with ignored events.
+DEFAULT_ENABLED_EVENTS = frozenset(
+    """checkout.session.completed checkout.session.async_payment_succeeded
+    checkout.session.async_payment_failed checkout.session.expired payment_intent.succeeded
+    payment_intent.payment_failed charge.succeeded charge.refunded charge.dispute.created
+    charge.dispute.closed""".split()  # noqa: SIM905
+)
 
 Obj = dict[str, Any]
 
@@ -257,6 +266,8 @@ class EmulatorConfig:
     webhook_url: str | None = DEFAULT_WEBHOOK_URL
     webhook_secret: str = DEFAULT_WEBHOOK_SECRET
     webhook_attempts: int = 4
+    # The endpoint's event types; None delivers every type (a Stripe endpoint set to "*").
+    enabled_events: frozenset[str] | None = DEFAULT_ENABLED_EVENTS
     webhook_backoff: float = 0.25
     webhook_timeout: float = 10.0
     # Known price ids: id -> {"unit_amount": int, "currency": str, "name": str}.
@@ -416,7 +427,7 @@ class Emulator:
             "created": self.now(),
             "data": {"object": copy.deepcopy(obj)},
             "livemode": False,
-            "pending_webhooks": 1 if self.config.webhook_url else 0,
+            "pending_webhooks": 1 if self.config.webhook_url and self.enabled(type_) else 0,
             "request": {"id": info.id, "idempotency_key": info.idempotency_key},
             "type": type_,
         }
@@ -429,11 +440,17 @@ class Emulator:
             items = [e for e in items if e["type"] == type_]
         return self._page(items, params, "/v1/events")
 
+    def enabled(self, type_: str) -> bool:
+        """Whether the webhook endpoint listens to this event type."""
+        return self.config.enabled_events is None or type_ in self.config.enabled_events
+
     def deliver(self, events: list[Obj], *, duplicate: bool = False) -> None:
-        """POST events to the webhook URL in random order (one twice if ``duplicate``).
+        """POST the enabled events to the webhook URL in random order (one twice if
+        ``duplicate``).
 
         Called WITHOUT the lock: the receiving app may call back into this emulator.
         """
+        events = [event for event in events if self.enabled(event["type"])]
         if not events:
             return
         batch = list(events)
@@ -1329,6 +1346,16 @@ def _price_arg(text: str) -> tuple[str, Obj]:
     return price_id, {"unit_amount": int(amount), "currency": currency.lower(), "name": name}
 
 
+def _enabled_events_arg(text: str) -> frozenset[str] | None:
+    """Parse ``--enabled-events``: ``*`` (every type) or ``a.b,c.d``."""
+    if text.strip() == "*":
+        return None
+    types = frozenset(t.strip() for t in text.split(",") if t.strip())
+    if not types:
+        raise argparse.ArgumentTypeError("expected '*' or comma-separated event types")
+    return types
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the CLI parser (docker-compose.yml and scripts/run pass these flags)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1343,6 +1370,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-url", help="base URL browsers use for pay and receipt pages (default: own URL)"
     )
     parser.add_argument("--webhook-attempts", type=int, default=4)
+    parser.add_argument(
+        "--enabled-events",
+        type=_enabled_events_arg,
+        default=DEFAULT_ENABLED_EVENTS,
+        help="comma-separated event types to deliver, or '*' for all "
+        "(default: the ones docs/stripe.md selects)",
+    )
     parser.add_argument(
         "--price", type=_price_arg, action="append", default=[], help="price_ID=AMOUNT:CUR:NAME"
     )
@@ -1367,6 +1401,7 @@ def main(argv: list[str] | None = None) -> None:
         webhook_url=args.webhook_url or None,
         webhook_secret=secret,
         webhook_attempts=args.webhook_attempts,
+        enabled_events=args.enabled_events,
         prices=dict(args.price),
         seed=args.seed,
     )

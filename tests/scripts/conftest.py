@@ -23,6 +23,7 @@ def emulator(receiver: Receiver) -> Iterator[EmulatorServer]:
         webhook_url=receiver.url,
         webhook_secret=SECRET,
         webhook_backoff=0.01,
+        enabled_events=None,  # every type, so the tests see all the events Stripe creates
         prices={"price_tokens_250": {"unit_amount": 1000, "currency": "usd", "name": "250 t"}},
     )
     with EmulatorServer(config) as server:

@@ -7,12 +7,14 @@ Checkout Session in the state Stripe leaves it in.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import requests
 import stripe
 
+from scripts.checkout_emulator import DEFAULT_ENABLED_EVENTS, EmulatorConfig, EmulatorServer
 from scripts.emulator_cards import AUTHENTICATION_FAILED, CARDS
-from tests.support.emulator import CARD, SUCCESS_EVENTS, USER_ID, Receiver, create, pay
+from tests.support.emulator import CARD, SECRET, SUCCESS_EVENTS, USER_ID, Receiver, create, pay
 
 INSUFFICIENT = {**CARD, "card_number": "4000 0000 0000 9995"}
 SECURE = {**CARD, "card_number": "4000 0025 0000 3155"}
@@ -123,3 +125,24 @@ def test_a_forged_challenge_answer_changes_nothing(
     assert resp.status_code == 400 and "No authentication is waiting" in resp.text
     assert receiver.events == []
     assert client.v1.checkout.sessions.retrieve(session.id).status == "open"
+
+
+def test_only_the_endpoints_event_types_are_delivered(receiver: Receiver) -> None:
+    """By default the emulator delivers what docs/stripe.md selects, as a Stripe endpoint."""
+    config = EmulatorConfig(webhook_url=receiver.url, webhook_secret=SECRET, webhook_backoff=0.01)
+    with EmulatorServer(config) as server:
+        client = stripe.StripeClient(
+            "sk_test_x", base_addresses={"api": server.url}, max_network_retries=0
+        )
+        session = create(client)
+        assert pay(session, **INSUFFICIENT).status_code == 402
+        challenge(session)
+        assert receiver.types() == ["payment_intent.payment_failed"]  # no charge.failed
+        created = {e.type for e in client.v1.events.list(params={"limit": 100}).data}
+        assert {"charge.failed", "payment_intent.requires_action"} <= created  # yet created
+
+
+def test_the_default_event_types_are_the_documented_ones() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "stripe.md").read_text()
+    section = doc[doc.index("Events to send") : doc.index("Copy the endpoint")]
+    assert set(re.findall(r"`([a-z_.]+)`", section)) == DEFAULT_ENABLED_EVENTS
