@@ -175,6 +175,7 @@ class Shop:
     success_url: str = ""
     receipt_url: str = ""
     paid_pay_page: str = ""  # the emulator's page of a session already paid
+    open_session_id: str = ""  # a Checkout Session the user opened and left unpaid
 
 
 def stock(page: Any, shop: Shop) -> None:
@@ -192,6 +193,7 @@ def stock(page: Any, shop: Shop) -> None:
     start_checkout(page, base, 250)
     pay(page, DECLINE)
     page.wait_for_selector("#card-error")
+    shop.open_session_id = page.url.rsplit("/", 1)[1]
     page.goto(f"{base}/history/")
     shop.receipt_url = page.locator("#purchases a", has_text="Stripe receipt").get_attribute("href")
 
@@ -249,6 +251,21 @@ def _pay_page(page: Any, base: str) -> None:
     start_checkout(page, base, 250)
 
 
+def _wrong_password(page: Any, base: str) -> None:
+    page.goto(f"{base}/auth/login")
+    page.fill("#email", "nobody@example.test")
+    page.fill("#password", "not the password")
+    page.click("button[type=submit]")
+    page.wait_for_selector(".flash-error")
+
+
+def _settings_saved(page: Any, base: str) -> None:
+    page.goto(f"{base}/account/settings")
+    page.fill("#low_balance_threshold", "20")
+    page.click("form.card button[type=submit]")
+    page.wait_for_selector(".flash-success")
+
+
 def tour(shop: Shop, role: str) -> list[Stop]:
     """Every page a visitor, a user or an admin can reach, in the order a person would."""
     base = shop.base
@@ -256,6 +273,7 @@ def tour(shop: Shop, role: str) -> list[Stop]:
         return [
             Stop("login", f"{base}/auth/login", main=True),
             Stop("register", f"{base}/auth/register"),
+            Stop("login-refused", lambda page: _wrong_password(page, base), status=401),
             Stop("not-found", f"{base}/no-such-page", status=404),
         ]
     if role == "user":
@@ -272,11 +290,13 @@ def tour(shop: Shop, role: str) -> list[Stop]:
             ),
             Stop("emulator-3d-secure", lambda page: _challenge(page, base), main=True),
             Stop("success", shop.success_url, main=True),
+            Stop("success-unpaid", f"{base}/billing/success?session_id={shop.open_session_id}"),
             Stop("emulator-closed", shop.paid_pay_page, status=410),
             Stop("cancel", f"{base}/billing/cancel"),
             Stop("history", f"{base}/history/", main=True),
             Stop("receipt", shop.receipt_url),
             Stop("settings", f"{base}/account/settings"),
+            Stop("settings-saved", lambda page: _settings_saved(page, base)),
             Stop("api-keys", f"{base}/account/keys/"),
             Stop("api-key-created", lambda page: _new_key(page, base), status=201, main=True),
             Stop("not-found-signed-in", f"{base}/history/nope", status=404),
