@@ -57,14 +57,16 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(429)
     def too_many_requests(exc: HTTPException):
-        # Flask-Limiter's description is the bare limit ("10 per 1 minute"); say what to do.
+        # Flask-Limiter's description is the bare limit ("5 per 1 minute"); say what to do.
+        item = getattr(getattr(exc, "limit", None), "limit", None)  # limits.RateLimitItem
+        wait = int(item.get_expiry()) if item is not None else 60
         message = (
-            f"Too many requests (limit: {exc.description}). Wait a minute and try again;"
+            f"Too many requests (limit: {exc.description}). Try again in {wait} seconds;"
             " nothing was charged for the refused request."
         )
         body, status = error_response(429, message)
         response = app.make_response((body, status))
-        response.headers.setdefault("Retry-After", "60")
+        response.headers.setdefault("Retry-After", str(wait))
         return response
 
     @app.errorhandler(HTTPException)

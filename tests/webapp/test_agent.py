@@ -322,7 +322,7 @@ def test_rate_limit_is_429_before_any_charge(make_app, owner, member):
     responses = [ask(client, headers=headers) for _ in range(3)]
     assert [r.status_code for r in responses] == [200, 200, 429]
     refused = responses[-1]  # says what happened and what to do, not just "2 per 1 minute"
-    assert "Wait a minute and try again" in refused.get_json()["error"]
+    assert "Try again in 60 seconds" in refused.get_json()["error"]
     assert "nothing was charged" in refused.get_json()["error"]
     assert refused.headers["Retry-After"] == "60"
     assert balance_of(owner, user) == 3
