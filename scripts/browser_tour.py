@@ -251,7 +251,7 @@ def _pay_page(page: Any, base: str) -> None:
     start_checkout(page, base, 250)
 
 
-def _wrong_password(page: Any, base: str) -> None:
+def wrong_password(page: Any, base: str) -> None:
     page.goto(f"{base}/auth/login")
     page.fill("#email", "nobody@example.test")
     page.fill("#password", "not the password")
@@ -259,7 +259,7 @@ def _wrong_password(page: Any, base: str) -> None:
     page.wait_for_selector(".flash-error")
 
 
-def _settings_saved(page: Any, base: str) -> None:
+def save_settings(page: Any, base: str) -> None:
     page.goto(f"{base}/account/settings")
     page.fill("#low_balance_threshold", "20")
     page.click("form.card button[type=submit]")
@@ -273,7 +273,7 @@ def tour(shop: Shop, role: str) -> list[Stop]:
         return [
             Stop("login", f"{base}/auth/login", main=True),
             Stop("register", f"{base}/auth/register"),
-            Stop("login-refused", lambda page: _wrong_password(page, base), status=401),
+            Stop("login-refused", lambda page: wrong_password(page, base), status=401),
             Stop("not-found", f"{base}/no-such-page", status=404),
         ]
     if role == "user":
@@ -296,7 +296,7 @@ def tour(shop: Shop, role: str) -> list[Stop]:
             Stop("history", f"{base}/history/", main=True),
             Stop("receipt", shop.receipt_url),
             Stop("settings", f"{base}/account/settings"),
-            Stop("settings-saved", lambda page: _settings_saved(page, base)),
+            Stop("settings-saved", lambda page: save_settings(page, base)),
             Stop("api-keys", f"{base}/account/keys/"),
             Stop("api-key-created", lambda page: _new_key(page, base), status=201, main=True),
             Stop("not-found-signed-in", f"{base}/history/nope", status=404),

@@ -13,7 +13,17 @@ import uuid
 
 import pytest
 
-from scripts.browser_tour import WIDTHS, Shop, Watch, open_shop, signed_in_page, tour, visit
+from scripts.browser_tour import (
+    WIDTHS,
+    Shop,
+    Watch,
+    open_shop,
+    save_settings,
+    signed_in_page,
+    tour,
+    visit,
+    wrong_password,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -79,3 +89,24 @@ def test_buy_buttons_share_one_line_at_1280(browser, shop: Shop):
     page.context.close()
     assert len(tops) == 1
     assert float(prices.removesuffix("px")) >= 24  # the price is what stands out
+
+
+def test_error_and_success_flashes_look_different(browser, shop: Shop):
+    def look(page, selector: str) -> tuple[str, str, str]:
+        return page.eval_on_selector(
+            selector,
+            "e => { const s = getComputedStyle(e);"
+            " return [s.backgroundColor, s.borderLeftColor, s.color]; }",
+        )
+
+    visitor = signed_in_page(browser, shop, "visitor", 390)
+    wrong_password(visitor, shop.base)
+    error = look(visitor, ".flash-error")
+    assert visitor.locator(".flash-error").get_attribute("role") == "alert"
+    visitor.context.close()
+    user = signed_in_page(browser, shop, "user", 390)
+    save_settings(user, shop.base)
+    success = look(user, ".flash-success")
+    assert "warn you when your balance drops below 20 tokens" in user.inner_text(".flash")
+    user.context.close()
+    assert all(a != b for a, b in zip(error, success, strict=True))
