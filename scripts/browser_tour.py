@@ -266,6 +266,14 @@ def save_settings(page: Any, base: str) -> None:
     page.wait_for_selector(".flash-success")
 
 
+def _refused_adjustment(page: Any, base: str, user_id: str) -> None:
+    page.goto(f"{base}/admin/users/{user_id}")
+    page.fill("#adjust-delta", "-1000000")
+    page.fill("#adjust-reason", "more than the balance")
+    page.click("#adjust-heading ~ form button[type=submit]")
+    page.wait_for_selector(".flash-error")
+
+
 def tour(shop: Shop, role: str) -> list[Stop]:
     """Every page a visitor, a user or an admin can reach, in the order a person would."""
     base = shop.base
@@ -304,6 +312,11 @@ def tour(shop: Shop, role: str) -> list[Stop]:
     return [
         Stop("admin", f"{base}/admin/", main=True),
         Stop("admin-user", f"{base}/admin/users/{shop.user_id}", main=True),
+        Stop(
+            "admin-adjust-refused",
+            lambda page: _refused_adjustment(page, base, shop.user_id),
+            status=400,
+        ),
         Stop("admin-events", f"{base}/admin/events?outcome=all"),
         Stop("admin-payments", f"{base}/admin/payments", main=True),
         Stop("admin-stats", f"{base}/admin/stats?days=30", main=True),
