@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from werkzeug.serving import make_server
 
@@ -66,8 +66,7 @@ class AppServer:
         self.thread.join(timeout=5)
 
 
-@dataclass(frozen=True)
-class Live:
+class Live(NamedTuple):
     url: str  # the app
     emulator: EmulatorServer
 
@@ -76,11 +75,13 @@ class Live:
 def live_servers(database_url: str, **overrides: Any) -> Iterator[Live]:
     """The app (CSRF on, like production) and the emulator, which signs webhooks to the app."""
     from webapp import create_app
+    from webapp.db import close_app
 
     config = EmulatorConfig(webhook_secret=WEBHOOK_SECRET, webhook_url=None, seed=7)
     with EmulatorServer(config) as emulator:
         app = create_app(
             {
+                "TOKENBILL_ENV": "development",
                 "SECRET_KEY": "browser-tour-secret",
                 "DATABASE_URL": database_url,
                 "WTF_CSRF_ENABLED": True,
@@ -99,7 +100,7 @@ def live_servers(database_url: str, **overrides: Any) -> Iterator[Live]:
                 config.webhook_url = f"{server.url}/api/webhook/stripe"
                 yield Live(server.url, emulator)
         finally:
-            app.extensions["tokenbill_db"].close()
+            close_app(app)
 
 
 def launch(playwright: Any) -> Any:

@@ -1,8 +1,10 @@
-"""Apply the SQL migrations under db/migrations, once each, in file-name order.
+"""Apply the SQL migrations under db/migrations, once each, strictly in version order.
 
 Each applied file is recorded with its SHA-256 in ``public.tokenbill_migrations``. Running again
 applies only new files; an applied file whose contents changed is an error (write a new
-migration instead). A session-level advisory lock makes concurrent runs wait for each other.
+migration instead), and so is a pending file numbered below the highest applied one (it was
+written against an older schema than the database has: renumber it above the newest).
+A session-level advisory lock makes concurrent runs wait for each other.
 
 Usage: ``python -m scripts.migrate [--database-url URL] [--status]``; the URL defaults to
 ``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
@@ -56,6 +58,18 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
+def _refuse_out_of_order(migrations: list[Migration], applied: dict[str, str]) -> None:
+    """Refuse before applying anything when a pending file sorts below an applied one."""
+    newest = max(applied, default="")
+    late = [m for m in migrations if m.version not in applied and m.version < newest]
+    if late:
+        names = ", ".join(f"{m.version}_{m.name}" for m in late)
+        raise MigrationError(
+            f"{names} is pending but the database already has {newest}: migrations apply "
+            f"strictly in order; renumber it above {newest}"
+        )
+
+
 def upgrade(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; return the versions applied (empty when up to date)."""
     applied_now: list[str] = []
@@ -74,7 +88,9 @@ def upgrade(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
             applied = dict(
                 conn.execute("select version, checksum from public.tokenbill_migrations").fetchall()
             )
-            for migration in discover(directory):
+            migrations = discover(directory)
+            _refuse_out_of_order(migrations, applied)
+            for migration in migrations:
                 recorded = applied.get(migration.version)
                 if recorded is not None:
                     if recorded != migration.checksum:

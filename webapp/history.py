@@ -13,7 +13,7 @@ import datetime as dt
 from typing import Any
 from uuid import UUID
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, render_template, request
 from flask_login import current_user, login_required
 
 from .db import get_db
@@ -39,9 +39,19 @@ def utc(moment: dt.datetime, seconds: bool = False) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
 
 
+MAX_PAGE = 100_000  # far beyond any real history; keeps OFFSET inside bigint
+MAX_CURSOR = 2**63 - 1  # ledger ids are bigint
+
+
 def page_arg(name: str) -> int:
-    """A 1-based page number from the query string; junk and values below 1 mean page 1."""
-    return max(1, request.args.get(name, 1, type=int) or 1)
+    """A 1-based page number from the query string; junk and values below 1 mean page 1.
+
+    A number too large to be a page is a client mistake: 404, never a database error.
+    """
+    page = max(1, request.args.get(name, 1, type=int) or 1)
+    if page > MAX_PAGE:
+        abort(404, "No such page.")
+    return page
 
 
 def paginate(query: str, params: list[Any], page: int, size: int = PAGE_SIZE):
@@ -53,6 +63,8 @@ def paginate(query: str, params: list[Any], page: int, size: int = PAGE_SIZE):
 def before_arg(name: str = "before") -> int | None:
     """A ledger id cursor from the query string; junk or absent means the newest page."""
     value = request.args.get(name, type=int)
+    if value is not None and value > MAX_CURSOR:
+        abort(400, f"{name} is not a ledger id.")
     return value if value is not None and value > 0 else None
 
 

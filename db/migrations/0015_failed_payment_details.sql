@@ -7,10 +7,11 @@
  * on payments.user_id) never showed the attempt.
  *
  * New: tokenbill.record_payment_failure(jsonb, text), which also records user, package, amount
- * and currency from the intent. Replaced: api.handle_stripe_event, whose only change is that
- * its payment_intent.payment_failed branch passes the intent to that overload (the rest is
- * 0005's text unchanged). Nothing here grants: a failed row is display only, and a later
- * success on the same PaymentIntent still goes through api.grant_for_payment's checks.
+ * and currency from the intent. Replaced: api.handle_stripe_event(jsonb, boolean), whose only
+ * change is that its payment_intent.payment_failed branch passes the intent to that overload
+ * (the rest is 0013's text unchanged; grants stay as 0013 set them). Nothing here grants: a
+ * failed row is display only, and a later success on the same PaymentIntent still goes
+ * through api.grant_for_payment's checks.
  */
 
 /**
@@ -44,19 +45,18 @@ $$;
 revoke all on function tokenbill.record_payment_failure(jsonb, text) from public;
 
 /**
- * Store a verified Stripe event and apply it, once. A duplicate delivery (same event id,
- * already handled) changes nothing and reports outcome 'duplicate'. Deterministic problems
- * (unknown user, amount mismatch, malformed object) are stored as 'rejected'; unknown types as
- * 'ignored'. Any other error propagates, so the caller's transaction rolls back, the caller
- * answers 5xx and Stripe retries.
+ * Store a verified Stripe event and apply it, once (see 0005). p_livemode is the mode of the
+ * Stripe key the caller holds: an event of the other mode is recorded as 'rejected' and never
+ * applied (a test-mode event must not grant on a live deployment, nor the reverse).
  */
-create or replace function api.handle_stripe_event(p_event jsonb)
+create or replace function api.handle_stripe_event(p_event jsonb, p_livemode boolean default null)
 returns table (event_id text, outcome text, detail text)
 language plpgsql security definer set search_path = '' as $$
 declare
     v_id text := p_event ->> 'id';
     v_type text := p_event ->> 'type';
     v_obj jsonb := p_event -> 'data' -> 'object';
+    v_livemode boolean;
     v_outcome text;
     v_detail text;
     v_moved integer;
@@ -64,10 +64,12 @@ begin
     if v_id is null or v_type is null or jsonb_typeof(v_obj) is distinct from 'object' then
         raise exception 'malformed Stripe event' using errcode = 'TB003';
     end if;
+    v_livemode := case jsonb_typeof(p_event -> 'livemode') when 'boolean'
+                       then (p_event ->> 'livemode')::boolean end;
 
     -- Dedupe: the row lock serialises concurrent deliveries of one event.
     insert into tokenbill.stripe_events as e (id, type, livemode, api_version, payload, outcome)
-    values (v_id, v_type, (p_event ->> 'livemode')::boolean, p_event ->> 'api_version', p_event, 'received')
+    values (v_id, v_type, v_livemode, p_event ->> 'api_version', p_event, 'received')
     on conflict (id) do update
         set attempts = e.attempts + 1, payload = excluded.payload, outcome = 'received'
         where e.outcome = 'failed';
@@ -77,6 +79,12 @@ begin
         return;
     end if;
 
+    if p_livemode is not null and v_livemode is distinct from p_livemode then
+        v_outcome := 'rejected';
+        v_detail := format('livemode mismatch: event livemode is %s, the key is %s mode; not applied',
+                           coalesce(v_livemode::text, 'missing'),
+                           case when p_livemode then 'live' else 'test' end);
+    else
     begin
         case
             when v_type in ('checkout.session.completed', 'checkout.session.async_payment_succeeded',
@@ -140,10 +148,11 @@ begin
     exception
         -- Deterministic: retrying cannot help, so record it and let Stripe stop.
         when sqlstate 'TB002' or sqlstate 'TB003' or invalid_text_representation
-             or numeric_value_out_of_range then
+             or numeric_value_out_of_range or unique_violation then
             v_outcome := 'rejected';
             v_detail := sqlerrm;
     end;
+    end if;
 
     update tokenbill.stripe_events e
        set outcome = v_outcome, detail = v_detail, processed_at = now()
@@ -151,4 +160,3 @@ begin
     return query select v_id, v_outcome, v_detail;
 end
 $$;
-

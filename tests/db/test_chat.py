@@ -66,7 +66,7 @@ def test_replay_while_pending_reports_pending(app_conn, make_user):
     assert balance_of(app_conn, user) == 2
 
 
-def test_fail_releases_once_and_replay_reports_the_failure(app_conn, make_user):
+def test_fail_releases_once_and_replay_reports_the_failure(app_conn, owner, make_user):
     user = make_user(balance=1)
     begin(app_conn, user, "r1")
     assert balance_of(app_conn, user) == 0
@@ -84,7 +84,7 @@ def test_fail_releases_once_and_replay_reports_the_failure(app_conn, make_user):
     with pytest.raises(psycopg.Error) as exc:
         app_conn.execute("select * from api.finish_agent_request(%s, 'r1', 'late')", [user])
     assert exc.value.sqlstate == "TB004"
-    assert audit(app_conn) == []
+    assert audit(owner) == []
 
 
 def test_fail_after_done_changes_nothing(app_conn, make_user):
@@ -126,9 +126,9 @@ def test_bad_messages_raise_tb003(app_conn, make_user, message):
     assert balance_of(app_conn, user) == 1
 
 
-def test_request_id_charged_outside_chat_is_a_conflict(app_conn, make_user):
+def test_request_id_charged_outside_chat_is_a_conflict(app_conn, owner, make_user):
     user = make_user(balance=2)
-    app_conn.execute("select api.consume(%s, 'r1')", [user])
+    owner.execute("select api.consume(%s, 'r1')", [user])
     with pytest.raises(psycopg.Error) as exc:
         begin(app_conn, user, "r1")
     assert exc.value.sqlstate == "TB004"

@@ -83,3 +83,20 @@ def test_bad_file_names_are_refused(tmp_path: Path):
     (tmp_path / "init.sql").write_text("select 1;")
     with pytest.raises(migrate.MigrationError):
         migrate.discover(tmp_path)
+
+
+def test_a_pending_file_below_the_newest_applied_is_refused(empty_db, tmp_path: Path):
+    """0009 and 0010 landed before 0007 once: a database at 0010 must not get 0007 silently."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, copy)
+    migrate.upgrade(empty_db, copy)
+    (copy / "0008_late.sql").write_text("create table public.late (id int);\n")
+    (copy / "9999_next.sql").write_text("create table public.next (id int);\n")
+    with pytest.raises(migrate.MigrationError, match=r"0008_late is pending.*strictly in order"):
+        migrate.upgrade(empty_db, copy)
+    with psycopg.connect(empty_db) as conn:
+        # refused before anything ran: not even the well-numbered 9999
+        assert conn.execute(
+            "select to_regclass('public.late'), to_regclass('public.next')"
+        ).fetchone() == (None, None)
+    assert ("0008_late", "pending") in migrate.status(empty_db, copy)
