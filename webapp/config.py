@@ -113,7 +113,8 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
 
     In development a missing SECRET_KEY becomes a random per-process key and the webhook pool
     defaults to DATABASE_URL; elsewhere both must be set explicitly. ``cli``: an operator
-    command signs no sessions, so it needs no SECRET_KEY (and says nothing about one).
+    command signs no sessions and applies no Stripe events (it connects as the owner), so it needs
+    neither SECRET_KEY nor WEBHOOK_DATABASE_URL.
     """
     env = config.get("TOKENBILL_ENV")
     if env not in ("development", "production"):
@@ -134,7 +135,7 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
             f"SECRET_KEY is a published default or shorter than {MIN_SECRET_KEY_LENGTH}"
             " characters: set a long random one"
         )
-    if not config.get("WEBHOOK_DATABASE_URL") and not dev:
+    if not config.get("WEBHOOK_DATABASE_URL") and not (dev or cli):
         raise ConfigError(
             "WEBHOOK_DATABASE_URL is not set: Stripe events need their own login (docs/security.md)"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
+from psycopg.conninfo import conninfo_to_dict
 
 from scripts import services
 from tests.conftest import PASSWORD
@@ -83,9 +84,14 @@ def test_run_setup_then_create_admin_in_a_new_shell(checkout: Path) -> None:
     env_file = checkout / ".env"
     values = dotenv_values(env_file)
     port = services.checkout_pg_port(checkout)
-    assert values["DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{port}/tokenbill"
+    # the owner migrates and runs operator commands; the app gets its non-superuser logins
+    assert values["MIGRATION_DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{port}/tokenbill"
+    assert conninfo_to_dict(values["DATABASE_URL"])["user"] == "tokenbill_web"
+    assert conninfo_to_dict(values["WEBHOOK_DATABASE_URL"])["user"] == "tokenbill_stripe"
+    assert values["TOKENBILL_ENV"] == "development"
     assert values["SECRET_KEY"] == "chosen-by-me"  # never overwritten
-    assert env_file.read_text().count("DATABASE_URL=") == 1  # filled in place
+    lines = env_file.read_text().splitlines()
+    assert sum(line.startswith("DATABASE_URL=") for line in lines) == 1  # filled in place
     assert port != services.checkout_pg_port()  # the clone's own cluster, not ours
 
     admin = _flask(checkout, "create-admin", "you@example.com", "--password", PASSWORD)
@@ -109,7 +115,8 @@ def test_run_setup_writes_a_private_env_file(checkout: Path) -> None:
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600  # it holds the secret key
     values = dotenv_values(env_file)
     assert len(values["SECRET_KEY"] or "") == 64
-    assert values["DATABASE_URL"].endswith("/tokenbill")  # type: ignore[union-attr]
+    web = conninfo_to_dict(values["DATABASE_URL"] or "")
+    assert (web["user"], web["dbname"]) == ("tokenbill_web", "tokenbill")
 
 
 @pytest.mark.parametrize(

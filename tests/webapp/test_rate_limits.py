@@ -8,6 +8,7 @@ shared storage (Redis) whenever more than one process serves; a 429 always carri
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,17 @@ CALLS = 24
 MEMORY_WARNING = "RATELIMIT_STORAGE_URI is memory:// with 2 workers"
 
 
+def _until_both_workers_answer(url: str, log_path: Path) -> None:
+    """The first worker may answer before the second has booted: wait until both have served."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with ThreadPoolExecutor(4) as pool:  # concurrent, so a busy worker leaves one to the other
+            list(pool.map(lambda _: requests.get(f"{url}/healthz", timeout=5), range(8)))
+        if len(set(re.findall(r"pid=<?(\d+)>? /healthz ", log_path.read_text()))) == 2:
+            return
+    raise AssertionError("the second gunicorn worker never answered:\n" + procs.tail(log_path))
+
+
 def _flood(url: str, secret: str) -> list[int]:
     """CALLS agent requests from 8 concurrent clients, each on its own connection."""
 
@@ -128,6 +140,7 @@ def test_the_limit_is_exact_across_two_gunicorn_workers(
     log_path = tmp_path / "gunicorn.log"
     with redis_server() as storage:
         env = {
+            "TOKENBILL_ENV": "development",
             "DATABASE_URL": database_url,
             "SECRET_KEY": "test-secret-key",
             "RATELIMIT_STORAGE_URI": storage,
@@ -142,6 +155,7 @@ def test_the_limit_is_exact_across_two_gunicorn_workers(
             threads=1,  # sync workers: a busy one cannot take the next connection
             extra_args=("--no-control-socket", *access_log),
         ) as server:
+            _until_both_workers_answer(server.url, log_path)
             statuses = _flood(server.url, secret)
     log = log_path.read_text()
     served_by = set(re.findall(r"pid=<?(\d+)>? /api/agent ", log))
@@ -156,7 +170,11 @@ def test_the_limit_is_exact_across_two_gunicorn_workers(
 def test_gunicorn_warns_when_workers_would_count_limits_apart(database_url, tmp_path: Path):
     """The misconfigured operator: 2 workers, counters in memory. gunicorn.conf.py says so."""
     log_path = tmp_path / "gunicorn.log"
-    env = {"DATABASE_URL": database_url, "SECRET_KEY": "test-secret-key"}
+    env = {
+        "TOKENBILL_ENV": "development",
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret-key",
+    }
     with procs.gunicorn(
         "webapp:create_app()", env, log_path, workers=2, extra_args=("--no-control-socket",)
     ):
