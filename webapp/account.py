@@ -33,10 +33,15 @@ def save_settings():
     """Set the threshold below which a consumption records a low-balance alert (0 = off)."""
     raw = request.form.get("low_balance_threshold", "").strip()
     if not raw.isdigit() or int(raw) > 1_000_000:
-        flash("The alert threshold must be a whole number from 0 to 1000000.")
+        flash("The alert threshold must be a whole number from 0 to 1000000.", "error")
         return render_template("account/settings.html"), 400
     get_db().fetch_one("select api.set_low_balance_threshold(%s, %s)", [current_user.id, int(raw)])
-    flash("Saved." if int(raw) else "Saved: low-balance alerts are off.")
+    flash(
+        f"Saved: we warn you when your balance drops below {int(raw)} tokens."
+        if int(raw)
+        else "Saved: low-balance alerts are off.",
+        "success",
+    )
     return redirect(url_for("account.settings"), code=303)
 
 
@@ -62,15 +67,15 @@ def change_password():
     new = request.form.get("new_password", "")
     row = get_db().fetch_one("select * from api.user_credentials(%s)", [current_user.email])
     if not check_password(row["password_hash"] if row else None, current):
-        flash("The current password is not correct.")
+        flash("The current password is not correct.", "error")
         return render_template("account/settings.html"), 400
     if len(new) < MIN_PASSWORD:
-        flash(f"Password must be at least {MIN_PASSWORD} characters.")
+        flash(f"Password must be at least {MIN_PASSWORD} characters.", "error")
         return render_template("account/settings.html"), 400
     ended = get_db().fetch_one(
         "select api.change_password(%s, %s) as ended", [current_user.session_hash, hasher.hash(new)]
     )["ended"]  # type: ignore[index]
-    flash(f"Password changed; {ended} other session(s) signed out.")
+    flash(f"Password changed; {ended} other session(s) signed out.", "success")
     return redirect(url_for("account.settings"), code=303)
 
 

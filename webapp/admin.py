@@ -33,6 +33,13 @@ OUTCOME_FILTERS = {
     "all": EVENT_OUTCOMES,
     **{o: (o,) for o in EVENT_OUTCOMES},
 }
+# What the admin reads when api.admin_adjust_balance refuses (by SQLSTATE), not the raw text.
+ADJUST_REFUSALS = {
+    "TB005": "Not applied: this user has {balance} tokens, and an adjustment may not take the"
+    " balance below zero. Debit at most {balance}.",
+    "TB003": "Not applied: enter a whole, non-zero number of tokens and a reason of at most 500"
+    " characters.",
+}
 STATUS_FILTERS = {"problems": PROBLEM_STATUSES, **{s: (s,) for s in PROBLEM_STATUSES}}
 
 
@@ -147,11 +154,14 @@ def adjust(user_id: str):
         except psycopg.Error as exc:
             if exc.sqlstate not in ("TB003", "TB005"):
                 raise
-            error = exc.diag.message_primary or "adjustment refused"
+            error = ADJUST_REFUSALS[exc.sqlstate].format(balance=target["balance"])
         else:
-            flash(f"Adjusted {target['email']} by {delta:+d} tokens; balance is now {balance}.")
+            flash(
+                f"Adjusted {target['email']} by {delta:+d} tokens; balance is now {balance}.",
+                "success",
+            )
             return redirect(url_for("admin.user", user_id=target["id"]), code=303)
-    flash(error)
+    flash(error, "error")
     return _render_user(target, 400, delta=raw_delta, reason=reason)
 
 

@@ -40,7 +40,7 @@ def create():
     """Make a key and show its secret this once."""
     name = request.form.get("name", "").strip()
     if not name or len(name) > MAX_NAME:
-        flash(f"Give the key a name of 1 to {MAX_NAME} characters.")
+        flash(f"Give the key a name of 1 to {MAX_NAME} characters.", "error")
         return render_template("account/keys.html", keys=_keys(), name=name), 400
     secret, prefix, key_hash = new_api_key()
     get_db().fetch_one(
@@ -64,5 +64,5 @@ def revoke(key_id: str):
     )
     if not row or not row["revoked"]:
         abort(404)
-    flash("Key revoked. Requests using it are now refused.")
+    flash("Key revoked. Requests using it are now refused.", "success")
     return redirect(url_for("api_keys.index"), code=303)

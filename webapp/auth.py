@@ -120,9 +120,9 @@ def register():
                 error = "An account with this email already exists."
             else:
                 sign_in(user_id)
-                flash("Welcome! Buy a token package to start using the agent.")
+                flash("Welcome to tokenbill! Your account is ready.", "success")
                 return redirect(url_for("agent.chat"), code=303)
-        flash(error)
+        flash(error, "error")
         return render_template("auth/register.html", email=email), 400
     return render_template("auth/register.html")
 
@@ -139,7 +139,7 @@ def login():
         if check_password(row["password_hash"] if row else None, password):
             sign_in(row["id"])  # type: ignore[index]
             return redirect(safe_next(request.args.get("next")), code=303)
-        flash("Incorrect email or password.")
+        flash("Incorrect email or password.", "error")
         return render_template("auth/login.html", email=email), 401
     return render_template("auth/login.html")
 

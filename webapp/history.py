@@ -9,6 +9,7 @@ filtered by the session's user id, so nobody can page into someone else's rows.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +32,14 @@ KIND_LABELS = {
     "clawback_reversal": "Given back (dispute won)",
     "admin_adjustment": "Adjustment by support",
 }
+
+
+@bp.app_template_filter("utc")
+def utc(moment: dt.datetime, seconds: bool = False) -> str:
+    """A timestamp in UTC with the zone named (``2026-12-02 03:10 UTC``): never a bare clock."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
 
 
 MAX_PAGE = 100_000  # far beyond any real history; keeps OFFSET inside bigint
@@ -91,7 +100,8 @@ def index():
     purchases, more_purchases = paginate(
         "select p.created_at, p.package_code, k.name as package_name, p.amount_cents,"
         " p.currency, p.tokens_granted, p.tokens_clawed, p.refunded_cents, p.receipt_url,"
-        " p.display_status from api.purchases p left join api.packages k on k.code = p.package_code"
+        " p.display_status, p.reason from api.purchases p"
+        " left join api.packages k on k.code = p.package_code"
         " where p.user_id = %s order by p.created_at desc, p.id desc",
         [current_user.id],
         purchases_page,

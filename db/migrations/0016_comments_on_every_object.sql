@@ -112,8 +112,10 @@ comment on function tokenbill.price_of(integer,integer,integer,integer,integer,i
     'What a call with these sizes costs under these price terms (the written rule above).';
 comment on function tokenbill.record_low_balance_alert() is
     'Record an alert when this consumption crossed the user''s threshold.';
+comment on function tokenbill.record_payment_failure(jsonb,text) is
+    'Mark a not-yet-granted payment as failed and keep who tried to buy what, from the intent''s metadata. A user or package that does not exist is stored as NULL (the row is only shown, never granted, and a foreign-key error would make Stripe retry forever). What an earlier event already recorded wins over the metadata.';
 comment on function tokenbill.record_payment_failure(text,text) is
-    'Mark a not-yet-granted payment as failed (a later success on the same intent still grants).';
+    'Mark a not-yet-granted payment as failed and keep who tried to buy what, from the intent''s metadata. A user or package that does not exist is stored as NULL (the row is only shown, never granted, and a foreign-key error would make Stripe retry forever). What an earlier event already recorded wins over the metadata.';
 comment on function tokenbill.settle_payment(bigint,text,text) is
     'Bring the tokens taken back for a payment in line with its facts: ceil(tokens * refunded / paid) for refunds plus the same for every dispute not won, capped at the tokens granted. Posts only the difference from what was already taken back, so calling it again, or with events in any order, moves nothing twice. Returns the tokens moved (negative = taken back).';
 comment on function tokenbill.stripe_id(jsonb) is

@@ -21,14 +21,17 @@
       el.dataset.balance = String(balance);
     }
     // the same rule as the database's alert trigger: this message took us below the threshold
+    // ... but below one message's cost the "need tokens" card is the only prompt (not both)
     const alert = document.getElementById("low-balance-alert");
     const threshold = el ? Number(el.dataset.threshold || 0) : 0;
-    if (alert && balance < threshold) {
+    const cost = Number(form.dataset.tokenCost || 1);
+    if (alert && balance < cost) alert.hidden = true;
+    if (alert && balance >= cost && balance < threshold) {
       alert.querySelector(".low-balance-count").textContent = String(balance);
       alert.hidden = false;
     }
     // say so before the next message is refused, not after
-    if (needTokens && balance < Number(form.dataset.tokenCost || 1)) needTokens.hidden = false;
+    if (needTokens && balance < cost) needTokens.hidden = false;
   }
 
   function addMessage(role, text) {
@@ -181,6 +184,9 @@
   });
 
   textarea.addEventListener("keydown", function (event) {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) form.requestSubmit();
+    // Enter sends, Shift+Enter starts a new line; never while an input method is composing
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+    event.preventDefault();
+    if (!sendButton.disabled) form.requestSubmit();
   });
 })();

@@ -1,61 +1,27 @@
 """Real servers for the browser: the app and the Checkout emulator on loopback, and Chromium.
 
-The app runs in a threaded werkzeug server with CSRF on (as in production); the emulator
-delivers signed webhooks to it. Chromium is Debian's, driven by Playwright (no browser
-download). Screenshots go to test-artifacts/e2e/ (not committed).
+One app + emulator and one Chromium per test module (scripts/browser_tour.py starts them);
+each test gets its own browser context (cookies) and page. Screenshots of the flows go to
+test-artifacts/e2e/ (not committed; docs/screenshots comes from `python -m scripts.screenshots`).
 """
 
 from __future__ import annotations
 
-import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from scripts.checkout_emulator import EmulatorConfig, EmulatorServer
+from scripts.browser_tour import Live, launch, live_servers
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
-WEBHOOK_SECRET = "whsec_e2e_secret"
 
 
-class AppServer:
-    """The tokenbill app on a free loopback port, in a background thread."""
-
-    def __init__(self, app) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> AppServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture
-def live(make_app) -> Iterator[tuple[str, EmulatorServer]]:
-    """(app URL, emulator) wired together like `scripts/run` does without a Stripe key."""
-    config = EmulatorConfig(webhook_secret=WEBHOOK_SECRET, webhook_url=None, seed=7)
-    with EmulatorServer(config) as emulator:
-        app = make_app(
-            WTF_CSRF_ENABLED=True,
-            STRIPE_API_BASE=emulator.url,
-            STRIPE_SECRET_KEY="sk_test_emulator",
-            STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            PAYMENTS_SIMULATED=True,
-        )
-        with AppServer(app) as server:
-            # both URLs are known only once bound; both are read per request
-            app.config["PUBLIC_BASE_URL"] = server.url
-            config.webhook_url = f"{server.url}/api/webhook/stripe"
-            yield server.url, emulator
+@pytest.fixture(scope="module")
+def live(database_url: str) -> Iterator[Live]:
+    """The app (CSRF on) and the emulator delivering signed webhooks to it, like scripts/run."""
+    with live_servers(database_url) as servers:
+        yield servers
 
 
 # Module scope, not session: Playwright's sync API keeps an asyncio loop running in this thread
@@ -65,19 +31,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch(p)
         yield browser
         browser.close()
 

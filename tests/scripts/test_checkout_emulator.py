@@ -6,15 +6,11 @@ Webhooks go to a real HTTP receiver that verifies every delivery with
 
 from __future__ import annotations
 
-import http.server
 import re
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +19,24 @@ import requests
 import stripe
 
 from scripts.checkout_emulator import (
-    EmulatorConfig,
     EmulatorServer,
     ParamError,
     format_amount,
     parse_params,
     split_key,
 )
+from tests.support.emulator import (
+    CARD,
+    SECRET,
+    SUCCESS_EVENTS,
+    USER_ID,
+    Receiver,
+    create,
+    pay,
+    session_params,
+)
 
-SECRET = "whsec_emulator_test_secret"
 REPO = Path(__file__).resolve().parents[2]
-USER_ID = "3f0b4a0e-8c1e-4d55-9d7e-3a8f2b0c1d2e"
-SUCCESS_EVENTS = {"checkout.session.completed", "payment_intent.succeeded", "charge.succeeded"}
-CARD = {"card_number": "4242 4242 4242 4242", "expiry": "12 / 34", "cvc": "123"}
 DECLINED = {**CARD, "card_number": "4000 0000 0000 0002"}
 
 
@@ -152,123 +153,6 @@ def test_format_amount(amount: int, currency: str, text: str) -> None:
 
 
 # --------------------------------------------------------------------------- live servers
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint that verifies signatures like the app and records what arrived."""
-
-    url: str = ""
-    events: list[stripe.Event] = field(default_factory=list)
-    invalid: list[str] = field(default_factory=list)
-    attempts: dict[str, int] = field(default_factory=dict)
-    fail_first: int = 0  # answer 500 to the first N attempts of every event
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def types(self) -> list[str]:
-        return sorted(e.type for e in self.events)
-
-    def of_type(self, type_: str) -> list[stripe.Event]:
-        return [e for e in self.events if e.type == type_]
-
-    def clear(self) -> None:
-        with self.lock:
-            self.events.clear()
-            self.attempts.clear()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = Receiver()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            try:
-                event = stripe.Webhook.construct_event(
-                    body.decode("utf-8"), self.headers.get("Stripe-Signature"), SECRET
-                )
-            except (ValueError, stripe.SignatureVerificationError) as exc:
-                with rec.lock:
-                    rec.invalid.append(str(exc))
-                self.send_response(400)
-                self.end_headers()
-                return
-            with rec.lock:
-                seen = rec.attempts.get(event.id, 0) + 1
-                rec.attempts[event.id] = seen
-                accept = seen > rec.fail_first
-                if accept:
-                    rec.events.append(event)
-            self.send_response(200 if accept else 500)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    rec.url = f"http://127.0.0.1:{server.server_port}/api/webhook/stripe"
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    yield rec
-    server.shutdown()
-    server.server_close()
-    assert rec.invalid == []  # every delivery carried a valid signature
-
-
-@pytest.fixture
-def emulator(receiver: Receiver) -> Iterator[EmulatorServer]:
-    config = EmulatorConfig(
-        webhook_url=receiver.url,
-        webhook_secret=SECRET,
-        webhook_backoff=0.01,
-        prices={"price_tokens_250": {"unit_amount": 1000, "currency": "usd", "name": "250 t"}},
-    )
-    with EmulatorServer(config) as server:
-        yield server
-
-
-@pytest.fixture
-def client(emulator: EmulatorServer) -> stripe.StripeClient:
-    return stripe.StripeClient(
-        "sk_test_x", base_addresses={"api": emulator.url}, max_network_retries=0
-    )
-
-
-def session_params(**overrides: Any) -> dict[str, Any]:
-    """The params webapp/billing.py sends for the tokens_100 package."""
-    meta = {"user_id": USER_ID, "package": "tokens_100", "tokens": "100"}
-    params: dict[str, Any] = {
-        "mode": "payment",
-        "line_items": [
-            {
-                "price_data": {
-                    "currency": "usd",
-                    "unit_amount": 500,
-                    "product_data": {"name": "100 agent tokens"},
-                },
-                "quantity": 1,
-            }
-        ],
-        "client_reference_id": USER_ID,
-        "metadata": meta,
-        "payment_intent_data": {"metadata": meta},
-        "success_url": "http://shop.test/billing/success?session_id={CHECKOUT_SESSION_ID}",
-        "cancel_url": "http://shop.test/billing/buy?cancelled=1",
-        "customer_email": "buyer@example.com",
-    }
-    params.update(overrides)
-    return params
-
-
-def create(client: stripe.StripeClient, **overrides: Any) -> stripe.checkout.Session:
-    return client.v1.checkout.sessions.create(params=session_params(**overrides))
-
-
-def pay(session: stripe.checkout.Session, **form: str) -> requests.Response:
-    return requests.post(session.url, data=form or CARD, allow_redirects=False, timeout=30)
 
 
 def test_create_session_answers_a_stripe_shaped_open_session(
@@ -543,8 +427,8 @@ def test_declined_card_stays_on_the_page_and_sends_payment_failed(
 
     assert resp.status_code == 402
     assert "Your card was declined." in resp.text
-    assert [e.type for e in receiver.events] == ["payment_intent.payment_failed"]
-    failed = receiver.events[0].data.object
+    assert receiver.types() == ["charge.failed", "payment_intent.payment_failed"]
+    failed = receiver.of_type("payment_intent.payment_failed")[0].data.object
     assert failed.metadata["user_id"] == USER_ID
     assert failed.metadata["package"] == "tokens_100"
     assert failed.last_payment_error.code == "card_declined"
@@ -664,7 +548,7 @@ def test_refunds_emit_charge_refunded_with_cumulative_amounts(
 def test_refund_needs_a_succeeded_charge(client: stripe.StripeClient, receiver: Receiver) -> None:
     session = create(client)
     pay(session, **DECLINED)
-    failed_pi = receiver.events[0].data.object
+    failed_pi = receiver.of_type("payment_intent.payment_failed")[0].data.object
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.refunds.create(params={"payment_intent": failed_pi.id})
     with pytest.raises(stripe.InvalidRequestError):

@@ -123,16 +123,15 @@ def test_adjust_credits_with_reason_and_actor(admin_client, owner, make_user):
         "reason": "goodwill for outage",
         "actor_id": admin_client.admin_id,
     }
-    assert "balance is now 26" in admin_client.get(response.headers["Location"]).get_data(
-        as_text=True
-    )
+    page = admin_client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "balance is now 26" in page and 'class="flash flash-success" role="status"' in page
     assert audit(owner) == []
 
 
 @pytest.mark.parametrize(
     ("form", "status", "message"),
     [
-        ({"delta": "-5", "reason": "too much"}, 400, "negative"),
+        ({"delta": "-5", "reason": "too much"}, 400, "this user has 2 tokens"),
         ({"delta": "0", "reason": "nothing"}, 400, "non-zero"),
         ({"delta": "abc", "reason": "nothing"}, 400, "non-zero"),
         ({"delta": "3", "reason": "  "}, 400, "reason is required"),
@@ -143,7 +142,9 @@ def test_bad_adjustments_change_nothing(admin_client, owner, make_user, form, st
     before = ledger_kinds(owner, user)
     response = admin_client.post(f"/admin/users/{user}/adjust", data=form)
     assert response.status_code == status
-    assert message in response.get_data(as_text=True)
+    html = response.get_data(as_text=True)
+    assert message in html and 'class="flash flash-error" role="alert"' in html
+    assert "would make the balance negative" not in html  # never the raw database text
     assert ledger_kinds(owner, user) == before and balance_of(owner, user) == 2
 
 

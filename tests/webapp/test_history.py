@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 import uuid
 
+from psycopg.types.json import Jsonb
+
 from tests.support.agents import login, password_hash
+from tests.support.stripe_events import payment_intent_payment_failed
 
 PW_HASH = password_hash()
 GRANT = "select * from api.grant_for_payment(%s, %s, %s, %s, %s, null, null, %s, %s)"
@@ -93,3 +96,33 @@ def test_activity_is_paginated_newest_first(app, owner, make_user):
     for junk in ("junk", "-3", "0"):
         page = client.get(f"/history/?before={junk}").get_data(as_text=True)
         assert re.findall(r"<code>([a-z-]+\d+)</code>", page) == newest  # the newest page
+
+
+def declined(conn, user: uuid.UUID, package="tokens_250", amount=1000) -> str:
+    """A card declined at Checkout: payment_intent.payment_failed with our metadata."""
+    evt = payment_intent_payment_failed(user, package, amount)
+    evt["data"]["object"]["last_payment_error"]["message"] = "Your card has insufficient funds."
+    conn.execute("select * from api.handle_stripe_event(%s)", [Jsonb(evt)])
+    return evt["data"]["object"]["id"]
+
+
+def test_a_declined_attempt_shows_in_the_buyers_history(app, webhook_conn, make_user):
+    user, email = member(make_user)
+    declined(webhook_conn, user)
+    page = login(app, email).get("/history/").get_data(as_text=True)
+    purchases = page[page.index('id="purchases"') : page.index('id="activity-heading"')]
+    rows = purchases.split("<tr>")[2:]
+    assert len(rows) == 1
+    assert "Standard" in rows[0] and "$10.00" in rows[0] and ">0<" in rows[0]
+    assert "failed" in rows[0] and "Your card has insufficient funds." in rows[0]
+    assert "No token activity yet." in page  # nothing moved
+
+
+def test_refused_payments_page_names_user_package_and_amount(app, webhook_conn, make_user, owner):
+    user, email = member(make_user)
+    intent = declined(webhook_conn, user)
+    _, admin_email = member(make_user)
+    owner.execute("select api.set_admin(%s)", [admin_email])
+    page = login(app, admin_email).get("/admin/payments?status=failed").get_data(as_text=True)
+    row = next(r for r in page.split("<tr>") if intent in r)
+    assert email in row and "tokens_250" in row and "$10.00" in row and "unknown" not in row

@@ -300,7 +300,39 @@ def test_payment_intent_failure_is_recorded(client, owner, make_user):
     user = make_user()
     evt = ev.payment_intent_payment_failed(user, "tokens_100", 500)
     assert deliver(client, evt).get_json()["detail"] == "payment failure recorded"
-    assert purchase(owner, evt["data"]["object"]["id"])["status"] == "failed"
+    row = purchase(owner, evt["data"]["object"]["id"])
+    # who tried to buy what comes from our metadata (0015): admins and the buyer can see it
+    assert (row["status"], row["user_id"], row["package_code"]) == ("failed", user, "tokens_100")
+    assert (row["amount_cents"], row["currency"], row["tokens_granted"]) == (500, "usd", 0)
+    assert row["reason"] == "Your card was declined."
+
+
+def test_failure_naming_an_unknown_user_or_package_is_stored_without_them(client, owner, make_user):
+    """Forged or stale metadata must neither break the webhook (5xx forever) nor attach a row."""
+    evt = ev.payment_intent_payment_failed(
+        "00000000-0000-4000-8000-000000000000", "tokens_999", 500
+    )
+    assert deliver(client, evt).status_code == 200
+    row = purchase(owner, evt["data"]["object"]["id"])
+    assert (row["status"], row["user_id"], row["package_code"]) == ("failed", None, None)
+
+
+def test_a_declined_then_paid_intent_grants_once(client, owner, make_user):
+    user = make_user()
+    pi = ev.new_id("pi")
+    deliver(client, ev.payment_intent_payment_failed(user, "tokens_100", 500, pi=pi))
+    assert (
+        deliver(client, ev.payment_intent_succeeded(user, "tokens_100", 500, pi=pi)).get_json()[
+            "outcome"
+        ]
+        == "processed"
+    )
+    row = purchase(owner, pi)
+    assert (row["display_status"], row["reason"], row["tokens_granted"]) == ("paid", None, 100)
+    assert balance_of(owner, user) == 100
+    # a late duplicate failure (another event id) cannot undo the grant
+    deliver(client, ev.payment_intent_payment_failed(user, "tokens_100", 500, pi=pi))
+    assert purchase(owner, pi)["status"] == "granted" and grants_for(owner, pi) == 1
 
 
 # --------------------------------------------------------------------------------------------

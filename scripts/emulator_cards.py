@@ -1,0 +1,58 @@
+"""The test cards the Checkout emulator accepts, and what each does, as on Stripe.
+
+The same four cards the product's docs list (docs/stripe.md, docs/emulator.md): a success, a
+generic decline, a decline for insufficient funds, and a card that needs 3-D Secure
+authentication before it is charged. Kept apart from the emulator so the pay page, the docs
+and the tests read one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUCCEEDS, DECLINED, AUTHENTICATE = "succeeds", "declined", "authenticate"
+
+
+@dataclass(frozen=True)
+class Card:
+    number: str  # digits only
+    result: str  # SUCCEEDS | DECLINED | AUTHENTICATE
+    what: str  # how the pay page's hint describes it
+    decline_code: str | None = None  # Stripe's charge outcome reason / last_payment_error
+    message: str | None = None  # what Stripe's hosted page says on a decline
+
+    @property
+    def spaced(self) -> str:
+        return " ".join(self.number[i : i + 4] for i in range(0, len(self.number), 4))
+
+
+CARDS: dict[str, Card] = {
+    card.number: card
+    for card in (
+        Card("4242424242424242", SUCCEEDS, "succeeds"),
+        Card(
+            "4000000000000002",
+            DECLINED,
+            "is declined",
+            "generic_decline",
+            "Your card was declined.",
+        ),
+        Card(
+            "4000000000009995",
+            DECLINED,
+            "is declined for insufficient funds",
+            "insufficient_funds",
+            "Your card has insufficient funds.",
+        ),
+        Card("4000002500003155", AUTHENTICATE, "asks for 3-D Secure authentication"),
+    )
+}
+
+# PaymentIntent.last_payment_error when the buyer fails the 3-D Secure challenge: no charge
+# is attempted, so Stripe sends payment_intent.payment_failed and no charge.failed.
+AUTHENTICATION_FAILED = {
+    "type": "invalid_request_error",
+    "code": "payment_intent_authentication_failure",
+    "message": "We are unable to authenticate your payment method. Please choose a different "
+    "payment method and try again.",
+}
