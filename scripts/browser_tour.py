@@ -148,7 +148,8 @@ def send(page: Any, text: str) -> None:
     page.fill("#chat-message", text)
     page.press("#chat-message", "Enter")
     page.locator("#messages .message.assistant").nth(answers).wait_for()
-    page.wait_for_function("!document.getElementById('chat-send').disabled")
+    # a selector, not wait_for_function: its string predicate is an eval the app's CSP forbids
+    page.locator("#chat-send:not([disabled])").wait_for()
 
 
 # --------------------------------------------------------------------------- the tour
