@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts import checkout_emulator
+from workshop.emulator import server as checkout_emulator
 
 REPO = Path(__file__).resolve().parent.parent
 WEBHOOK_PATH = "web:5000/api/webhook/stripe"
@@ -157,7 +157,7 @@ def test_emulator_runs_in_the_default_profile_and_posts_to_web(raw: dict[str, An
     emulator = raw["services"]["emulator"]
     assert "profiles" not in emulator
     command = emulator["command"]
-    assert command[:3] == ["python", "-m", "scripts.checkout_emulator"]
+    assert command[:3] == ["python", "-m", "workshop.emulator"]
     args = checkout_emulator.build_parser().parse_args(command[3:])
     assert args.webhook_url == f"http://{WEBHOOK_PATH}"
     assert (args.host, args.port) == ("0.0.0.0", 12112)
@@ -206,7 +206,8 @@ def test_dockerfile_installs_requirements_and_drops_root() -> None:
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
-    for needed in ("webapp", "frontend", "db", "scripts"):  # what the three commands import
+    # what the three commands import (the emulator service runs from the workshop)
+    for needed in ("webapp", "frontend", "db", "scripts", "workshop"):
         assert needed in copied
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from scripts.procs import tail
+from workshop.procs import tail
 
 
 @contextmanager

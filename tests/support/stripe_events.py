@@ -1,4 +1,4 @@
-"""Stripe event builders and signing for tests (the same ones scripts.send_event uses).
+"""Stripe event builders and signing for tests (the same ones workshop.send_event uses).
 
 Typical use::
 
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scripts.stripe_fixtures import (
+from workshop.stripe_fixtures import (
     DEFAULT_AMOUNTS,
     HANDLED_TYPES,
     build,

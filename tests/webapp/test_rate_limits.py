@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import requests
 
-from scripts import procs
 from tests.conftest import balance_of
 from tests.support.agents import bearer, create_key
 from tests.support.redis_server import redis_server
 from webapp import config
 from webapp.extensions import limiter
+from workshop import procs
 
 
 def _ask(client: Any, headers: dict[str, str]) -> Any:

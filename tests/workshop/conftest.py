@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import stripe
 
-from scripts.checkout_emulator import EmulatorConfig, EmulatorServer
 from tests.support.emulator import SECRET, Receiver, serve_receiver
+from workshop.emulator.server import EmulatorConfig, EmulatorServer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""scripts/envfile.py: fills what .env leaves unset, keeps what the user wrote, reads the same
+"""workshop/envfile.py: fills what .env leaves unset, keeps what the user wrote, reads the same
 in bash (scripts/run sources .env) and in python-dotenv (the app and `flask` read it)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-from scripts.envfile import set_defaults
+from workshop.envfile import set_defaults
 
 
 def _bash_values(path: Path, *keys: str) -> list[str]:

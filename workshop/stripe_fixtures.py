@@ -1,4 +1,4 @@
-"""Stripe webhook events shaped like the real ones, for tests and ``scripts.send_event``.
+"""Stripe webhook events shaped like the real ones, for tests and ``workshop.send_event``.
 
 Shapes follow Stripe's event fixtures (API 2022-11-15 onward: a PaymentIntent names its
 ``latest_charge``), trimmed to the fields tokenbill reads plus the usual envelope. Metadata is

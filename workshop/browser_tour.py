@@ -1,6 +1,6 @@
 """tokenbill in a real Chromium: the servers, what a person does, and every page to look at.
 
-One place for what the browser tests (tests/e2e) and ``python -m scripts.screenshots`` share:
+One place for what the browser tests (tests/e2e) and ``python -m workshop.screenshots`` share:
 the app and the Checkout emulator wired together on loopback (as ``scripts/run`` does without
 a Stripe key), Debian's Chromium driven by Playwright, the user's actions (register, buy, pay
 with a test card, chat), the tour of every page for a visitor, a user and an admin, and the
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from werkzeug.serving import make_server
 
-from scripts.checkout_emulator import EmulatorConfig, EmulatorServer
+from workshop.emulator.server import EmulatorConfig, EmulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,13 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from scripts import bench_http
-from scripts.bench_app import UNBILLED_PATH, create_bench_app
-from scripts.bench_common import parse_tables
 from tests.conftest import balance_of
 from webapp import create_app
 from webapp.api_auth import new_api_key
 from webapp.db import close_app
+from workshop import bench_http
+from workshop.bench_app import UNBILLED_PATH, create_bench_app
+from workshop.bench_common import parse_tables
 
 
 def _rules(app: Any) -> set[str]:

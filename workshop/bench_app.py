@@ -7,7 +7,7 @@ api.begin_agent_request / api.settle_agent_request (nothing reserved, nothing st
 difference in latency between the two routes is the cost of billing.
 
 It exists only here: ``webapp.create_app()`` never registers it (a test checks), and only
-``scripts.bench_http`` serves ``scripts.bench_app:create_bench_app()``.
+``workshop.bench_http`` serves ``workshop.bench_app:create_bench_app()``.
 """
 
 from __future__ import annotations

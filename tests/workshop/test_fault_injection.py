@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import fault_injection
+from workshop import fault_injection
 
 SHORT = fault_injection.Config(
     payments=20,

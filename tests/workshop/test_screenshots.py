@@ -1,4 +1,4 @@
-"""`python -m scripts.screenshots` makes every main page at both widths, from a real browser."""
+"""`python -m workshop.screenshots` makes every main page at both widths, from a real browser."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.browser_tour import WIDTHS, Shop, tour
-from scripts.screenshots import take
+from workshop.browser_tour import WIDTHS, Shop, tour
+from workshop.screenshots import take
 
 pytestmark = pytest.mark.e2e
 

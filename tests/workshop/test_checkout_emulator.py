@@ -18,13 +18,6 @@ import pytest
 import requests
 import stripe
 
-from scripts.checkout_emulator import (
-    EmulatorServer,
-    ParamError,
-    format_amount,
-    parse_params,
-    split_key,
-)
 from tests.support.emulator import (
     CARD,
     SECRET,
@@ -34,6 +27,13 @@ from tests.support.emulator import (
     create,
     pay,
     session_params,
+)
+from workshop.emulator.server import (
+    EmulatorServer,
+    ParamError,
+    format_amount,
+    parse_params,
+    split_key,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -604,7 +604,7 @@ def test_cli_serves_with_the_flags_scripts_run_uses(receiver: Receiver) -> None:
         [
             sys.executable,
             "-m",
-            "scripts.checkout_emulator",
+            "workshop.emulator",
             "--port",
             str(port),
             "--webhook-url",

@@ -1,11 +1,11 @@
 """Regenerate docs/screenshots: tokenbill's main pages at 390 px and 1280 px, in Chromium.
 
-    python -m scripts.screenshots [--out docs/screenshots]
+    python -m workshop.screenshots [--out docs/screenshots]
 
 Uses the local PostgreSQL as scripts/run does (DATABASE_ADMIN_URL, or the cluster under
 .data/postgres, started if needed) with a database made fresh for the run and dropped after,
 the app and the Checkout emulator on loopback, and Debian's Chromium. The pages and the data
-behind them are the browser tests' tour (scripts/browser_tour.py): a user who bought 100
+behind them are the browser tests' tour (workshop/browser_tour.py): a user who bought 100
 tokens, chatted and had a card declined, and an admin.
 """
 
@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from scripts import migrate, services
-from scripts.browser_tour import (
+from workshop.browser_tour import (
     ROOT,
     WIDTHS,
     Shop,

@@ -12,10 +12,10 @@ refused rather than silently shared. stripe-mock is built by the venv's own Go (
 
 CLI::
 
-    python -m scripts.services up [--database NAME] [--no-stripe-mock]   # prints export lines
-    python -m scripts.services status
-    python -m scripts.services url [--database NAME]   # the embedded URL; starts nothing
-    python -m scripts.services down
+    python -m workshop.services up [--database NAME] [--no-stripe-mock]   # prints export lines
+    python -m workshop.services status
+    python -m workshop.services url [--database NAME]   # the embedded URL; starts nothing
+    python -m workshop.services down
 """
 
 from __future__ import annotations
@@ -748,7 +748,7 @@ def _env_int(name: str, default: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.services",
+        prog="python -m workshop.services",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -8,7 +8,7 @@ work there too. A value the user wrote always wins; an empty assignment copied f
 
 CLI (used by scripts/run)::
 
-    python -m scripts.envfile [--file .env] KEY=VALUE...   # prints the keys it wrote
+    python -m workshop.envfile [--file .env] KEY=VALUE...   # prints the keys it wrote
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def set_defaults(path: Path, values: Mapping[str, str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.envfile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m workshop.envfile", description=__doc__)
     parser.add_argument("--file", type=Path, default=Path(".env"))
     parser.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
     args = parser.parse_args(argv)

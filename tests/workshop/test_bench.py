@@ -12,8 +12,8 @@ import os
 import psycopg
 import pytest
 
-from scripts import bench_ledger
-from scripts.bench_common import (
+from workshop import bench_ledger
+from workshop.bench_common import (
     bench_database,
     connect_owner,
     create_admin,

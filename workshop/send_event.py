@@ -1,6 +1,6 @@
 """Send a correctly signed Stripe test event to a tokenbill webhook (like ``stripe trigger``).
 
-    python -m scripts.send_event checkout.session.completed \\
+    python -m workshop.send_event checkout.session.completed \\
         --url http://127.0.0.1:5000/api/webhook/stripe --user-id <uuid> --package tokens_100
 
 The secret defaults to STRIPE_WEBHOOK_SECRET. Use the same --payment-intent (and --charge) on
@@ -19,14 +19,14 @@ from collections.abc import Sequence
 import requests
 from dotenv import load_dotenv
 
-from scripts.stripe_fixtures import DEFAULT_AMOUNTS, HANDLED_TYPES, build, encode, new_id, sign
+from workshop.stripe_fixtures import DEFAULT_AMOUNTS, HANDLED_TYPES, build, encode, new_id, sign
 
 DEFAULT_URL = "http://127.0.0.1:5000/api/webhook/stripe"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.send_event",
+        prog="python -m workshop.send_event",
         description="Send a signed Stripe test event to the tokenbill webhook.",
     )
     parser.add_argument(

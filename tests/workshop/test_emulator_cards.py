@@ -12,9 +12,9 @@ from pathlib import Path
 import requests
 import stripe
 
-from scripts.checkout_emulator import DEFAULT_ENABLED_EVENTS, EmulatorConfig, EmulatorServer
-from scripts.emulator_cards import AUTHENTICATION_FAILED, CARDS
 from tests.support.emulator import CARD, SECRET, SUCCESS_EVENTS, USER_ID, Receiver, create, pay
+from workshop.emulator.cards import AUTHENTICATION_FAILED, CARDS
+from workshop.emulator.server import DEFAULT_ENABLED_EVENTS, EmulatorConfig, EmulatorServer
 
 INSUFFICIENT = {**CARD, "card_number": "4000 0000 0000 9995"}
 SECURE = {**CARD, "card_number": "4000 0025 0000 3155"}

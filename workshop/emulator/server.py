@@ -10,7 +10,7 @@ It is a development tool: the production app never imports it (it lives under sc
 
 CLI::
 
-    python -m scripts.checkout_emulator [--host 127.0.0.1] [--port 12112]
+    python -m workshop.emulator [--host 127.0.0.1] [--port 12112]
         [--webhook-url http://127.0.0.1:5000/api/webhook/stripe] [--public-url URL]
         [--price price_x=500:usd:Name ...]
 
@@ -46,7 +46,7 @@ from flask import Blueprint, Flask, Response, current_app, redirect, render_temp
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from scripts.emulator_cards import AUTHENTICATE, AUTHENTICATION_FAILED, CARDS, DECLINED, Card
+from workshop.emulator.cards import AUTHENTICATE, AUTHENTICATION_FAILED, CARDS, DECLINED, Card
 
 log = logging.getLogger("tokenbill.checkout_emulator")
 
@@ -54,7 +54,7 @@ DEFAULT_PORT = 12112
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:5000/api/webhook/stripe"
 DEFAULT_WEBHOOK_SECRET = "whsec_emulator_local"
 API_VERSION = stripe.api_version
-TEMPLATES = Path(__file__).resolve().parent / "checkout_emulator_templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 SESSION_LIFETIME = 24 * 3600
 # The event types docs/stripe.md tells operators to select for the app's webhook endpoint.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from scripts import services
+from workshop import services
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ when the dead worker had recorded a streamed part as delivered, released otherwi
 
 CLI::
 
-    python -m scripts.fault_injection [--payments 200] [--consumers 8] [--duration 30]
+    python -m workshop.fault_injection [--payments 200] [--consumers 8] [--duration 30]
                                       [--pg-restarts 4] [--worker-kills 4] [--seed N]
 
 Exits 1 when any invariant is violated (the violations are printed).
@@ -51,8 +51,9 @@ from typing import Any
 import psycopg
 import requests
 
-from scripts import procs, stripe_fixtures
-from scripts.bench_common import (
+from webapp.api_auth import new_api_key
+from workshop import procs, stripe_fixtures
+from workshop.bench_common import (
     bench_database,
     connect_owner,
     create_admin,
@@ -60,7 +61,6 @@ from scripts.bench_common import (
     format_table,
     progress,
 )
-from webapp.api_auth import new_api_key
 
 WEBHOOK_SECRET = "whsec_fault_injection_" + "0" * 8  # a private server: the secret is not one
 AGENT_TIMEOUT_SECONDS = 2
@@ -673,7 +673,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.fault_injection",
+        prog="python -m workshop.fault_injection",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -8,13 +8,13 @@
    ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
    rounds from one client; the difference is what billing costs per request.
 
-gunicorn serves ``scripts.bench_app:create_bench_app()`` on a free port, against a fresh
-database created and migrated by scripts.bench_common (dropped afterwards). Numbers only: it
+gunicorn serves ``workshop.bench_app:create_bench_app()`` on a free port, against a fresh
+database created and migrated by workshop.bench_common (dropped afterwards). Numbers only: it
 never asserts on timing.
 
 CLI::
 
-    python -m scripts.bench_http [--quick] [--database-url URL]
+    python -m workshop.bench_http [--quick] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from typing import Any
 import psycopg
 import requests
 
-from scripts import procs, stripe_fixtures
-from scripts.bench_app import UNBILLED_PATH
-from scripts.bench_common import (
+from webapp.api_auth import new_api_key
+from workshop import procs, stripe_fixtures
+from workshop.bench_app import UNBILLED_PATH
+from workshop.bench_common import (
     Sample,
     bench_database,
     connect_owner,
@@ -48,10 +49,9 @@ from scripts.bench_common import (
     progress,
     resolve_admin_url,
 )
-from webapp.api_auth import new_api_key
 
 WEBHOOK_SECRET = "whsec_bench_http_" + "0" * 8  # a private server: not a real secret
-APP_SPEC = "scripts.bench_app:create_bench_app()"
+APP_SPEC = "workshop.bench_app:create_bench_app()"
 WORKERS, THREADS = 2, 8  # what scripts/run starts
 WEBHOOK_HEADERS = [
     "scenario",
@@ -275,7 +275,7 @@ def run(admin_url: str, settings: Settings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.bench_http",
+        prog="python -m workshop.bench_http",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

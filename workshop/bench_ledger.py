@@ -16,7 +16,7 @@ It creates and drops its own database (``tokenbill_bench_<pid>``), migrated with
 scripts.migrate, and acts as tokenbill_app like the app does. Tables go to stdout (Markdown),
 progress to stderr.
 
-Usage: ``python -m scripts.bench_ledger [--database-url SUPERUSER_URL] [--quick]``
+Usage: ``python -m workshop.bench_ledger [--database-url SUPERUSER_URL] [--quick]``
 (the URL defaults to DATABASE_ADMIN_URL).
 """
 
@@ -37,7 +37,7 @@ import psycopg
 from psycopg import sql
 
 from scripts import migrate
-from scripts.bench_common import (
+from workshop.bench_common import (
     Sample,
     bench_database,
     connect_owner,

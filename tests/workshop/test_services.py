@@ -1,4 +1,4 @@
-"""Real tests of scripts/services.py: a throwaway cluster and stripe-mock on free ports."""
+"""Real tests of workshop/services.py: a throwaway cluster and stripe-mock on free ports."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scripts import services
+from workshop import services
 
 
 def _free_port() -> int:
@@ -164,7 +164,7 @@ def test_building_stripe_mock_works_with_every_other_go_hidden(tmp_path: Path) -
     home = tmp_path / "home"
     home.mkdir()
     script = (
-        "import shutil, sys; from pathlib import Path; from scripts import services;"
+        "import shutil, sys; from pathlib import Path; from workshop import services;"
         "print(shutil.which('go')); print(services.build_stripe_mock(Path(sys.argv[1])))"
     )
     env = {"PATH": HIDDEN_GO_PATH, "HOME": str(home), "LANG": "C.UTF-8"}
@@ -186,7 +186,7 @@ def test_building_stripe_mock_works_with_every_other_go_hidden(tmp_path: Path) -
 
     # And the whole setup step of scripts/test, as CI runs it: Go hidden, HOME fresh.
     up = subprocess.run(
-        [sys.executable, "-m", "scripts.services", "up"],
+        [sys.executable, "-m", "workshop.services", "up"],
         cwd=services.REPO_ROOT,
         env=env,
         capture_output=True,

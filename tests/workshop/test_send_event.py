@@ -1,4 +1,4 @@
-"""scripts.send_event against the real app behind a real HTTP server and real PostgreSQL."""
+"""workshop.send_event against the real app behind a real HTTP server and real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts import send_event
 from tests.conftest import WEBHOOK_SECRET, audit, balance_of
 from tests.support.servers import serve
+from workshop import send_event
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_dry_run_builds_every_handled_type(event_type, capsys):
 def test_runs_as_a_module(webhook_url, owner, make_user):
     user = make_user()
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.send_event", "checkout.session.completed",
+        [sys.executable, "-m", "workshop.send_event", "checkout.session.completed",
          "--url", webhook_url, "--user-id", str(user), "--package", "tokens_600",
          "--secret", WEBHOOK_SECRET],
         capture_output=True, text=True, timeout=60,
