@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from scripts import migrate
 from webapp.db import close_app, connect_as
+from webapp.ops import migrate
 
 WEBHOOK_SECRET = "whsec_test_tokenbill_secret"
 PASSWORD = "correct horse battery"

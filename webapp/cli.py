@@ -63,7 +63,7 @@ def operator_connection() -> Iterator[psycopg.Connection]:
         except (errors.InvalidSchemaName, errors.UndefinedFunction, errors.UndefinedTable):
             raise click.ClickException(
                 f"the database at {_where(url)} has no tokenbill schema (or an old one):"
-                " run `python -m scripts.migrate` with the same DATABASE_URL"
+                " run `python -m webapp.ops.migrate` with the same DATABASE_URL"
             ) from None
         except psycopg.Error as exc:
             message = exc.diag.message_primary or type(exc).__name__

@@ -24,8 +24,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from scripts import migrate
 from webapp.db import APP_ROLE, connect_as
+from webapp.ops import migrate
 
 
 # ============================================================================================
@@ -41,7 +41,7 @@ def resolve_admin_url(cli_value: str | None) -> str:
 
 @contextlib.contextmanager
 def bench_database(admin_url: str, name: str | None = None, keep: bool = False) -> Iterator[str]:
-    """Create a fresh database, migrate it with scripts.migrate, yield its URL, then drop it.
+    """Create a fresh database, migrate it with webapp.ops.migrate, yield its URL, then drop it.
 
     The name defaults to ``tokenbill_bench_<pid>`` so concurrent runs never share data.
     """

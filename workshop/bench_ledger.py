@@ -13,7 +13,7 @@ prints numbers (never asserts on them) for four questions:
    the replay lookup and the history queries.
 
 It creates and drops its own database (``tokenbill_bench_<pid>``), migrated with
-scripts.migrate, and acts as tokenbill_app like the app does. Tables go to stdout (Markdown),
+webapp.ops.migrate, and acts as tokenbill_app like the app does. Tables go to stdout (Markdown),
 progress to stderr.
 
 Usage: ``python -m workshop.bench_ledger [--database-url SUPERUSER_URL] [--quick]``
@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import sql
 
-from scripts import migrate
+from webapp.ops import migrate
 from workshop.bench_common import (
     Sample,
     bench_database,

@@ -20,7 +20,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from scripts import migrate, services
+from webapp.ops import migrate
+from workshop import services
 from workshop.browser_tour import (
     ROOT,
     WIDTHS,

@@ -17,9 +17,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from scripts import db_logins
 from tests.conftest import WEBHOOK_SECRET, AuthActions, balance_of
 from tests.support import stripe_events as ev
+from webapp.ops import db_logins
 
 
 @pytest.fixture(scope="module")

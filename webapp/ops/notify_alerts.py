@@ -5,7 +5,7 @@ several notifiers never send one alert twice at once), posts each as JSON with a
 ``Tokenbill-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`` header, and records
 success or the error; failed alerts stay in the outbox and are retried on the next pass.
 
-Usage: ``python -m scripts.alert_notifier [--once] [--interval SECONDS]``.
+Usage: ``python -m webapp.ops.notify_alerts [--once] [--interval SECONDS]``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts.reconcile: against stripe-mock (through the recording proxy) and at the DB level."""
+"""webapp.ops.reconcile: against stripe-mock (through the recording proxy) and at the DB level."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 import stripe
 
-from scripts import reconcile
 from tests.conftest import audit, balance_of
 from tests.support.recording_proxy import RecordingProxy
 from tests.support.stripe_events import checkout_session_object, new_id
+from webapp.ops import reconcile
 
 
 @pytest.fixture

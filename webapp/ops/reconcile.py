@@ -1,6 +1,6 @@
 """Grant paid Checkout Sessions whose webhook never arrived (or failed) — safe to run any time.
 
-    python -m scripts.reconcile [--since-hours 72]
+    python -m webapp.ops.reconcile [--since-hours 72]
 
 Lists recent complete Checkout Sessions from the Stripe API and runs, for each paid session
 that tokenbill created, the same idempotent fulfilment as the success page
@@ -106,7 +106,7 @@ def connect(url: str, role: str) -> psycopg.Connection:
 
 def main(argv: Sequence[str] | None = None) -> int:
     load_dotenv()
-    parser = argparse.ArgumentParser(prog="python -m scripts.reconcile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m webapp.ops.reconcile", description=__doc__)
     parser.add_argument("--since-hours", type=float, default=72.0)
     args = parser.parse_args(argv)
 

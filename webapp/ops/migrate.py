@@ -6,7 +6,7 @@ migration instead), and so is a pending file numbered below the highest applied 
 written against an older schema than the database has: renumber it above the newest).
 A session-level advisory lock makes concurrent runs wait for each other.
 
-Usage: ``python -m scripts.migrate [--database-url URL] [--status]``; the URL defaults to
+Usage: ``python -m webapp.ops.migrate [--database-url URL] [--status]``; the URL defaults to
 ``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
 
 log = logging.getLogger("tokenbill.migrate")

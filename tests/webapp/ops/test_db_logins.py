@@ -1,4 +1,4 @@
-"""scripts.db_logins: the logins scripts/run and compose hand to the app."""
+"""webapp.ops.db_logins: the logins scripts/run and compose hand to the app."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from scripts import db_logins
+from webapp.ops import db_logins
 
 
 def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(

@@ -1,4 +1,4 @@
-"""scripts/alert_notifier.py posts signed alerts to a real local HTTP server, once each."""
+"""webapp/ops/notify_alerts.py posts signed alerts to a real local HTTP server, once each."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from scripts import alert_notifier
+from webapp.ops import notify_alerts as alert_notifier
 
 SECRET = "alert-secret"
 

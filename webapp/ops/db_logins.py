@@ -4,10 +4,10 @@ Why: connecting as a superuser or the owner makes ``SET ROLE tokenbill_app`` dec
 ``RESET ROLE`` undoes it. Each login made here is NOSUPERUSER NOINHERIT, a member of exactly
 the group roles given, and holds nothing until it runs ``SET ROLE`` (webapp.db does).
 
-    python -m scripts.db_logins --admin-url URL --database-url URL [--prefix tokenbill]
+    python -m webapp.ops.db_logins --admin-url URL --database-url URL [--prefix tokenbill]
 
 creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin + tokenbill_notifier, for the web app
-and scripts/alert_notifier.py) and ``<prefix>_stripe`` (tokenbill_webhook) and prints
+and webapp/ops/notify_alerts.py) and ``<prefix>_stripe`` (tokenbill_webhook) and prints
 ``export DATABASE_URL=...`` and ``export WEBHOOK_DATABASE_URL=...`` lines for eval. Passwords
 come from --web-password/--stripe-password, else .data/db-logins (0600, made once, reused).
 """
@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-DATA_FILE = Path(__file__).resolve().parent.parent / ".data" / "db-logins"
+DATA_FILE = Path(__file__).resolve().parents[2] / ".data" / "db-logins"
 GROUPS = {
     "web": ["tokenbill_app", "tokenbill_admin", "tokenbill_notifier"],
     "stripe": ["tokenbill_webhook"],
