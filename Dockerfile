@@ -1,5 +1,5 @@
 # The tokenbill app image. docker-compose.yml runs it three ways: `web` (gunicorn),
-# `migrate` (python -m webapp.ops.migrate) and `emulator` (python -m workshop.emulator).
+# `migrate` (flask --app webapp migrate) and `emulator` (python -m workshop.emulator).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

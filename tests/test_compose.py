@@ -91,7 +91,7 @@ def test_postgres_is_healthchecked_and_migrate_waits_for_it(raw: dict[str, Any])
     assert services["postgres"]["image"] == "postgres:15"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     migrate = services["migrate"]
-    assert migrate["command"] == ["python", "-m", "webapp.ops.migrate"]
+    assert migrate["command"] == ["flask", "--app", "webapp", "migrate"]
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert "@postgres:5432/" in migrate["environment"]["DATABASE_URL"]
 
@@ -108,7 +108,7 @@ def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
     }
     logins = raw["services"]["db-logins"]
     assert logins["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
-    assert "webapp.ops.db_logins" in logins["command"][-1]
+    assert "flask --app webapp db-logins" in logins["command"][-1]
     # the app never connects as the superuser that migrates
     assert web["environment"]["DATABASE_URL"].startswith("postgresql://tokenbill_web:")
     assert web["environment"]["WEBHOOK_DATABASE_URL"].startswith("postgresql://tokenbill_stripe:")

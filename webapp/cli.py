@@ -1,4 +1,7 @@
-"""Operator commands: ``flask --app webapp create-admin EMAIL`` and ``expire-agent-requests``.
+"""Operator commands: ``flask --app webapp <command>`` (``flask --app webapp --help`` lists them).
+
+create-admin and expire-agent-requests are here; migrate, reconcile, notify-alerts, db-logins
+and audit live in webapp/ops/ and are registered below.
 
 Making an admin is deliberately not something the web role can do (api.set_admin is not
 granted to tokenbill_app), so these commands connect with the operator's own login:
@@ -63,7 +66,7 @@ def operator_connection() -> Iterator[psycopg.Connection]:
         except (errors.InvalidSchemaName, errors.UndefinedFunction, errors.UndefinedTable):
             raise click.ClickException(
                 f"the database at {_where(url)} has no tokenbill schema (or an old one):"
-                " run `python -m webapp.ops.migrate` with the same DATABASE_URL"
+                " run `flask --app webapp migrate` with the same DATABASE_URL"
             ) from None
         except psycopg.Error as exc:
             message = exc.diag.message_primary or type(exc).__name__
@@ -107,5 +110,9 @@ def expire_agent_requests() -> None:
 
 
 def init_app(app: Flask) -> None:
-    app.cli.add_command(create_admin)
-    app.cli.add_command(expire_agent_requests)
+    from .ops import db_logins, migrate, notify_alerts, reconcile
+
+    for command in (create_admin, expire_agent_requests):
+        app.cli.add_command(command)
+    for module in (migrate, reconcile, notify_alerts, db_logins):
+        app.cli.add_command(module.command)

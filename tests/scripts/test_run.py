@@ -145,7 +145,9 @@ def test_a_database_without_migrations_is_named_with_the_fix(checkout: Path, adm
     """The old `services status` URL pointed at the `postgres` database: say what to run."""
     result = _flask(checkout, "create-admin", "x@example.com", DATABASE_URL=admin_url)
     assert result.returncode == 1
-    assert "has no tokenbill schema" in result.stderr and "webapp.ops.migrate" in result.stderr
+    assert (
+        "has no tokenbill schema" in result.stderr and "flask --app webapp migrate" in result.stderr
+    )
     assert result.stderr.count("\n") == 1, result.stderr
 
 

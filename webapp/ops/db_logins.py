@@ -4,24 +4,23 @@ Why: connecting as a superuser or the owner makes ``SET ROLE tokenbill_app`` dec
 ``RESET ROLE`` undoes it. Each login made here is NOSUPERUSER NOINHERIT, a member of exactly
 the group roles given, and holds nothing until it runs ``SET ROLE`` (webapp.db does).
 
-    python -m webapp.ops.db_logins --admin-url URL --database-url URL [--prefix tokenbill]
+    flask --app webapp db-logins --admin-url URL --database-url URL [--prefix tokenbill]
 
 creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin + tokenbill_notifier, for the web app
-and webapp/ops/notify_alerts.py) and ``<prefix>_stripe`` (tokenbill_webhook) and prints
+and ``notify-alerts``) and ``<prefix>_stripe`` (tokenbill_webhook) and prints
 ``export DATABASE_URL=...`` and ``export WEBHOOK_DATABASE_URL=...`` lines for eval. Passwords
-come from --web-password/--stripe-password, else .data/db-logins (0600, made once, reused).
+come from --web-password/--stripe-password (WEB_DB_PASSWORD/STRIPE_DB_PASSWORD), else
+.data/db-logins (0600, made once, reused).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import secrets
 import shlex
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import click
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -73,28 +72,37 @@ def _save(path: Path, passwords: dict[str, str]) -> None:
     path.write_text("".join(f"{k}={v}\n" for k, v in sorted(passwords.items())))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--admin-url", required=True, help="a role that may CREATE ROLE")
-    parser.add_argument("--database-url", required=True, help="the app's database (host, db)")
-    parser.add_argument("--prefix", default="tokenbill")
-    parser.add_argument("--web-password", default=os.environ.get("WEB_DB_PASSWORD"))
-    parser.add_argument("--stripe-password", default=os.environ.get("STRIPE_DB_PASSWORD"))
-    args = parser.parse_args(argv)
-    given = {"web": args.web_password, "stripe": args.stripe_password}
+def make_logins(
+    admin_url: str, database_url: str, prefix: str, given: dict[str, str | None]
+) -> dict[str, str]:
+    """Ensure both logins; return their connection URLs by duty (web, stripe)."""
     stored = {} if all(given.values()) else _passwords(DATA_FILE)
     urls = {}
     for suffix, groups in GROUPS.items():
-        name = f"{args.prefix}_{suffix}"
+        name = f"{prefix}_{suffix}"
         password = given[suffix] or stored.setdefault(name, secrets.token_urlsafe(24))
-        ensure_login(args.admin_url, name, password, groups)
-        urls[suffix] = make_conninfo(args.database_url, user=name, password=password)
+        ensure_login(admin_url, name, password, groups)
+        urls[suffix] = make_conninfo(database_url, user=name, password=password)
     if not all(given.values()):
         _save(DATA_FILE, stored)
-    print(f"export DATABASE_URL={shlex.quote(urls['web'])}")
-    print(f"export WEBHOOK_DATABASE_URL={shlex.quote(urls['stripe'])}")
-    return 0
+    return urls
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@click.command("db-logins")
+@click.option("--admin-url", required=True, help="A role that may CREATE ROLE.")
+@click.option("--database-url", required=True, help="The app's database (host, db).")
+@click.option("--prefix", default="tokenbill", show_default=True)
+@click.option("--web-password", envvar="WEB_DB_PASSWORD")
+@click.option("--stripe-password", envvar="STRIPE_DB_PASSWORD")
+def command(
+    admin_url: str,
+    database_url: str,
+    prefix: str,
+    web_password: str | None,
+    stripe_password: str | None,
+) -> None:
+    """Create the app's NOINHERIT logins; print `export ...` lines for eval."""
+    given = {"web": web_password, "stripe": stripe_password}
+    urls = make_logins(admin_url, database_url, prefix, given)
+    click.echo(f"export DATABASE_URL={shlex.quote(urls['web'])}")
+    click.echo(f"export WEBHOOK_DATABASE_URL={shlex.quote(urls['stripe'])}")

@@ -6,21 +6,20 @@ migration instead), and so is a pending file numbered below the highest applied 
 written against an older schema than the database has: renumber it above the newest).
 A session-level advisory lock makes concurrent runs wait for each other.
 
-Usage: ``python -m webapp.ops.migrate [--database-url URL] [--status]``; the URL defaults to
+Usage: ``flask --app webapp migrate [--database-url URL] [--status]``; the URL defaults to
 ``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import psycopg
+from flask.cli import with_appcontext
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
@@ -132,40 +131,26 @@ def status(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[tuple[st
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default=None)
-    parser.add_argument("--status", action="store_true", help="show what is applied and stop")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        from dotenv import load_dotenv
+@click.command("migrate")
+@click.option("--database-url", help="Defaults to MIGRATION_DATABASE_URL, then DATABASE_URL.")
+@click.option("--status", "show_status", is_flag=True, help="Show what is applied and stop.")
+@with_appcontext
+def command(database_url: str | None, show_status: bool) -> None:
+    """Apply the pending migrations under db/migrations, strictly in order."""
+    from webapp.cli import operator_url
 
-        load_dotenv()
-    except ImportError:  # pragma: no cover - python-dotenv is a runtime dependency
-        pass
-    url = (
-        args.database_url
-        or os.environ.get("MIGRATION_DATABASE_URL")
-        or os.environ.get("DATABASE_URL")
-    )
+    url = database_url or operator_url()
     if not url:
-        print(
-            "set DATABASE_URL (or MIGRATION_DATABASE_URL) or pass --database-url", file=sys.stderr
+        raise click.ClickException(
+            "set DATABASE_URL (or MIGRATION_DATABASE_URL) or pass --database-url"
         )
-        return 2
-    if args.status:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if show_status:
         for name, state in status(url):
-            print(f"{state:8} {name}")
-        return 0
+            click.echo(f"{state:8} {name}")
+        return
     try:
         applied = upgrade(url)
     except MigrationError as exc:
-        print(f"migration error: {exc}", file=sys.stderr)
-        return 1
-    print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise click.ClickException(f"migration error: {exc}") from None
+    click.echo(f"applied {len(applied)} migration(s)" if applied else "database is up to date")

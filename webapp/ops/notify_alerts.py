@@ -5,23 +5,24 @@ several notifiers never send one alert twice at once), posts each as JSON with a
 ``Tokenbill-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`` header, and records
 success or the error; failed alerts stay in the outbox and are retried on the next pass.
 
-Usage: ``python -m webapp.ops.notify_alerts [--once] [--interval SECONDS]``.
+Usage: ``flask --app webapp notify-alerts [--once] [--interval SECONDS]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
 import logging
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+import click
+from flask import current_app
+from flask.cli import with_appcontext
 from psycopg.rows import dict_row
 
 from webapp.db import connect_as
@@ -96,29 +97,24 @@ def run_once(
                 return sent, failed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="one pass, then exit")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
-    args = parser.parse_args(argv)
+@click.command("notify-alerts")
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.option(
+    "--interval", type=float, default=5.0, show_default=True, help="Seconds between passes."
+)
+@with_appcontext
+def command(once: bool, interval: float) -> None:
+    """Post low-balance alerts to ALERT_WEBHOOK_URL, signed; retry failed ones."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from dotenv import load_dotenv
-
-    load_dotenv()
-    database_url = os.environ.get("DATABASE_URL", "")
+    database_url = current_app.config.get("DATABASE_URL") or ""
     url = os.environ.get("ALERT_WEBHOOK_URL", "")
     secret = os.environ.get("ALERT_WEBHOOK_SECRET", "")
     if not (database_url and url and secret):
-        print("set DATABASE_URL, ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET", file=sys.stderr)
-        return 2
+        raise click.UsageError("set DATABASE_URL, ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET")
     while True:
         sent, failed = run_once(database_url, url, secret)
         if sent or failed:
             log.info("alerts sent: %s, failed: %s", sent, failed)
-        if args.once:
-            return 0 if not failed else 1
-        time.sleep(args.interval)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if once:
+            raise SystemExit(1 if failed else 0)
+        time.sleep(interval)

@@ -1,29 +1,29 @@
 """Grant paid Checkout Sessions whose webhook never arrived (or failed) — safe to run any time.
 
-    python -m webapp.ops.reconcile [--since-hours 72]
+    flask --app webapp reconcile [--since-hours 72]
 
 Lists recent complete Checkout Sessions from the Stripe API and runs, for each paid session
 that tokenbill created, the same idempotent fulfilment as the success page
 (api.fulfil_checkout_session, owner taken from our api.checkout_sessions row). Sessions we never
 recorded are reported, never granted. Acts as tokenbill_webhook, the only role that applies
 Stripe objects. Reads WEBHOOK_DATABASE_URL (else DATABASE_URL), STRIPE_SECRET_KEY and
-STRIPE_API_BASE from the environment (or .env). Exit status 1 when any session was rejected or
-failed.
+STRIPE_API_BASE from the app's configuration (the environment or .env). Exit status 1 when
+any session was rejected or failed.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import click
 import psycopg
 import stripe
-from dotenv import load_dotenv
+from flask import current_app
+from flask.cli import with_appcontext
 from psycopg.rows import dict_row
 
 from webapp.db import WEBHOOK_ROLE, connect_as
@@ -104,31 +104,25 @@ def connect(url: str, role: str) -> psycopg.Connection:
     return connect_as(url, role, autocommit=True, row_factory=dict_row)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    load_dotenv()
-    parser = argparse.ArgumentParser(prog="python -m webapp.ops.reconcile", description=__doc__)
-    parser.add_argument("--since-hours", type=float, default=72.0)
-    args = parser.parse_args(argv)
-
-    url = os.environ.get("WEBHOOK_DATABASE_URL") or os.environ.get("DATABASE_URL", "")
+@click.command("reconcile")
+@click.option("--since-hours", type=float, default=72.0, show_default=True)
+@with_appcontext
+def command(since_hours: float) -> None:
+    """Grant paid Checkout Sessions whose webhook never arrived (or failed)."""
+    config = current_app.config
+    url = config.get("WEBHOOK_DATABASE_URL") or config.get("DATABASE_URL") or ""
     if not url:
-        print("error: DATABASE_URL is not set", file=sys.stderr)
-        return 2
+        raise click.UsageError("DATABASE_URL is not set")
     try:
-        client = client_from_config(os.environ)
+        client = client_from_config(config)
     except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise click.UsageError(str(exc)) from None
     try:
         with connect(url, WEBHOOK_ROLE) as conn:
-            results = reconcile(conn, client, args.since_hours)
+            results = reconcile(conn, client, since_hours)
     except stripe.StripeError as exc:
-        print(
-            f"error: Stripe API: {type(exc).__name__} (request {exc.request_id})", file=sys.stderr
-        )
-        return 1
-    return 1 if any(r.verdict in ("rejected", "error") for r in results) else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        raise click.ClickException(
+            f"Stripe API: {type(exc).__name__} (request {exc.request_id})"
+        ) from None
+    if any(r.verdict in ("rejected", "error") for r in results):
+        raise SystemExit(1)

@@ -12,13 +12,12 @@ from psycopg import sql
 from webapp.ops import db_logins
 
 
-def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(
-    admin_url, database_url, capsys
-):
+def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_url, database_url):
     prefix = f"tb_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
     try:
-        code = db_logins.main(
-            [
+        result = app.test_cli_runner().invoke(
+            args=[
+                "db-logins",
                 "--admin-url", admin_url,
                 "--database-url", database_url,
                 "--prefix", prefix,
@@ -26,10 +25,8 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(
                 "--stripe-password", "pw-stripe",
             ]
         )  # fmt: skip
-        assert code == 0
-        exports = dict(
-            shlex.split(line)[1].split("=", 1) for line in capsys.readouterr().out.splitlines()
-        )
+        assert result.exit_code == 0, result.output
+        exports = dict(shlex.split(line)[1].split("=", 1) for line in result.output.splitlines())
         assert set(exports) == {"DATABASE_URL", "WEBHOOK_DATABASE_URL"}
         with psycopg.connect(admin_url) as conn:
             rows = conn.execute(

@@ -41,19 +41,18 @@ def test_sessions_we_never_created_are_reported_not_granted(proxy, webhook_conn,
     assert after == before
 
 
-def test_main_reads_the_environment(proxy, database_url, monkeypatch, capsys):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_tokenbill")
-    monkeypatch.setenv("STRIPE_API_BASE", proxy.url)
-    assert reconcile.main(["--since-hours", "1"]) == 0
-    assert "skipped: not created by tokenbill" in capsys.readouterr().out
+def test_the_flask_command_reads_the_app_configuration(proxy, make_app):
+    app = make_app(STRIPE_API_BASE=proxy.url)
+    result = app.test_cli_runner().invoke(args=["reconcile", "--since-hours", "1"])
+    assert result.exit_code == 0, result.output
+    assert "skipped: not created by tokenbill" in result.output
 
 
-def test_main_without_a_stripe_key_is_a_usage_error(database_url, monkeypatch, capsys):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("STRIPE_SECRET_KEY", "")
-    assert reconcile.main([]) == 2
-    assert "STRIPE_SECRET_KEY" in capsys.readouterr().err
+def test_the_flask_command_without_a_stripe_key_is_a_usage_error(make_app):
+    app = make_app(STRIPE_SECRET_KEY="")
+    result = app.test_cli_runner().invoke(args=["reconcile"])
+    assert result.exit_code == 2
+    assert "STRIPE_SECRET_KEY" in result.output
 
 
 def recorded_session(owner, user, package="tokens_100", amount=500, **kw) -> dict:
