@@ -276,6 +276,12 @@ def _refused_adjustment(page: Any, base: str, user_id: str) -> None:
     page.wait_for_selector(".flash-error")
 
 
+def _audit(page: Any, base: str) -> None:
+    page.goto(f"{base}/admin/audit")
+    page.click("#run-audit")
+    page.wait_for_selector("#audit-result")
+
+
 def tour(shop: Shop, role: str) -> list[Stop]:
     """Every page a visitor, a user or an admin can reach, in the order a person would."""
     base = shop.base
@@ -313,6 +319,7 @@ def tour(shop: Shop, role: str) -> list[Stop]:
         ]
     return [
         Stop("admin", f"{base}/admin/", main=True),
+        Stop("admin-audit", lambda page: _audit(page, base)),
         Stop("admin-user", f"{base}/admin/users/{shop.user_id}", main=True),
         Stop(
             "admin-adjust-refused",

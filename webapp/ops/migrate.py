@@ -21,6 +21,8 @@ import click
 import psycopg
 from flask.cli import with_appcontext
 
+from .connection import operator_url
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
 
@@ -137,8 +139,6 @@ def status(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[tuple[st
 @with_appcontext
 def command(database_url: str | None, show_status: bool) -> None:
     """Apply the pending migrations under db/migrations, strictly in order."""
-    from webapp.cli import operator_url
-
     url = database_url or operator_url()
     if not url:
         raise click.ClickException(

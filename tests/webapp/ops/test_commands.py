@@ -13,6 +13,7 @@ OPERATOR_COMMANDS = {
     "db-logins",
     "create-admin",
     "expire-agent-requests",
+    "audit",
 }
 
 
@@ -55,3 +56,9 @@ def test_notify_alerts_without_its_settings_is_a_usage_error(
     result = make_app().test_cli_runner().invoke(args=["notify-alerts", "--once"])
     assert result.exit_code == 2
     assert "ALERT_WEBHOOK_URL" in result.output
+
+
+def test_audit_command_reports_no_discrepancies(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["audit"])
+    assert result.exit_code == 0, result.output
+    assert "No discrepancies" in result.output
