@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from workshop.emulator import server as checkout_emulator
+from workshop import emulator as checkout_emulator
 
 REPO = Path(__file__).resolve().parent.parent
 WEBHOOK_PATH = "web:5000/api/webhook/stripe"

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from werkzeug.serving import make_server
 
-from workshop.emulator.server import EmulatorConfig, EmulatorServer
+from workshop.emulator import EmulatorConfig, EmulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,7 +8,7 @@ import pytest
 import stripe
 
 from tests.support.emulator import SECRET, Receiver, serve_receiver
-from workshop.emulator.server import EmulatorConfig, EmulatorServer
+from workshop.emulator import EmulatorConfig, EmulatorServer
 
 
 @pytest.fixture

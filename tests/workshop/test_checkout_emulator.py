@@ -28,13 +28,8 @@ from tests.support.emulator import (
     pay,
     session_params,
 )
-from workshop.emulator.server import (
-    EmulatorServer,
-    ParamError,
-    format_amount,
-    parse_params,
-    split_key,
-)
+from workshop.emulator import EmulatorServer
+from workshop.emulator.wire import ParamError, format_amount, parse_params, split_key
 
 REPO = Path(__file__).resolve().parents[2]
 DECLINED = {**CARD, "card_number": "4000 0000 0000 0002"}

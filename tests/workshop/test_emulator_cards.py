@@ -13,8 +13,8 @@ import requests
 import stripe
 
 from tests.support.emulator import CARD, SECRET, SUCCESS_EVENTS, USER_ID, Receiver, create, pay
+from workshop.emulator import DEFAULT_ENABLED_EVENTS, EmulatorConfig, EmulatorServer
 from workshop.emulator.cards import AUTHENTICATION_FAILED, CARDS
-from workshop.emulator.server import DEFAULT_ENABLED_EVENTS, EmulatorConfig, EmulatorServer
 
 INSUFFICIENT = {**CARD, "card_number": "4000 0000 0000 9995"}
 SECURE = {**CARD, "card_number": "4000 0025 0000 3155"}
