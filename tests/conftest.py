@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL database migrated once per run, real stripe-mock, the app.
 
 Nothing here fakes the database or Stripe's HTTP API. PostgreSQL and stripe-mock are started
-by workshop/services.py when DATABASE_ADMIN_URL / STRIPE_MOCK_URL are not given.
+by workshop/services/ when DATABASE_ADMIN_URL / STRIPE_MOCK_URL are not given.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ import requests
 
 from tests.conftest import balance_of
 from tests.support.agents import bearer, create_key
-from tests.support.redis_server import redis_server
 from webapp import config
 from webapp.extensions import limiter
 from workshop import procs
+from workshop.services.redis_server import redis_server
 
 
 def _ask(client: Any, headers: dict[str, str]) -> Any:

@@ -1,4 +1,4 @@
-"""Real tests of workshop/services.py: a throwaway cluster and stripe-mock on free ports."""
+"""Real tests of workshop/services/: a throwaway cluster and stripe-mock on free ports."""
 
 from __future__ import annotations
 

