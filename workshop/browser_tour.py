@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from werkzeug.serving import make_server
-
 from workshop.emulator import EmulatorConfig, EmulatorServer
+from workshop.net import serve_wsgi
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -44,26 +42,6 @@ INSUFFICIENT, SECURE = "4000 0000 0000 9995", "4000 0025 0000 3155"
 
 
 # --------------------------------------------------------------------------- servers
-
-
-class AppServer:
-    """A WSGI app on a free loopback port, in a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def __enter__(self) -> AppServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 class Live(NamedTuple):
@@ -94,7 +72,7 @@ def live_servers(database_url: str, **overrides: Any) -> Iterator[Live]:
             }
         )
         try:
-            with AppServer(app) as server:
+            with serve_wsgi(app) as server:
                 # both URLs are known only once bound; both are read per request
                 app.config["PUBLIC_BASE_URL"] = server.url
                 config.webhook_url = f"{server.url}/api/webhook/stripe"

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import requests
 from dotenv import load_dotenv
 
-from workshop.stripe_fixtures import DEFAULT_AMOUNTS, HANDLED_TYPES, build, encode, new_id, sign
+from webapp.signing import signature_header as sign
+from workshop.stripe_fixtures import DEFAULT_AMOUNTS, HANDLED_TYPES, build, encode, new_id
 
 DEFAULT_URL = "http://127.0.0.1:5000/api/webhook/stripe"
 

@@ -7,13 +7,14 @@ what tokenbill's Checkout Sessions set: ``user_id``, ``package``, ``tokens``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+# Re-exported: the fixtures' callers sign what they build with it (webapp/signing.py).
+from webapp.signing import signature_header as sign  # noqa: F401
 
 API_VERSION = "2024-06-20"
 
@@ -273,14 +274,6 @@ def dispute(
 def encode(evt: Event) -> bytes:
     """The body Stripe would POST (compact JSON, UTF-8)."""
     return json.dumps(evt, separators=(",", ":")).encode()
-
-
-def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    """A ``Stripe-Signature`` header: t=<unix>,v1=<HMAC-SHA256(secret, "t.payload")>."""
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    signed = f"{timestamp}.".encode() + payload
-    signature = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={signature}"
 
 
 def build(

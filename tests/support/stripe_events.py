@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from webapp.signing import signature_header as sign
 from workshop.stripe_fixtures import (
     DEFAULT_AMOUNTS,
     HANDLED_TYPES,
@@ -33,7 +34,6 @@ from workshop.stripe_fixtures import (
     payment_intent_object,
     payment_intent_payment_failed,
     payment_intent_succeeded,
-    sign,
 )
 
 # The project's shared/ folder sits beside the checkout (developers' machines and CI alike).

@@ -7,7 +7,6 @@ Webhooks go to a real HTTP receiver that verifies every delivery with
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from tests.support.emulator import (
 )
 from workshop.emulator import EmulatorServer
 from workshop.emulator.wire import ParamError, format_amount, parse_params, split_key
+from workshop.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DECLINED = {**CARD, "card_number": "4000 0000 0000 0002"}
@@ -587,14 +587,8 @@ def test_events_are_listed_and_retrievable(client: stripe.StripeClient) -> None:
     assert again.type == "checkout.session.completed"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_cli_serves_with_the_flags_scripts_run_uses(receiver: Receiver) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -20,12 +20,7 @@ import psycopg
 import pytest
 
 from workshop import services
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from workshop.net import free_port
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ def _cluster_pids(data_dir: Path) -> list[int]:
 
 
 def test_postgres_start_reuse_database_and_stop(cluster_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = services.ensure_postgres(cluster_dir, port)
     assert url == f"postgresql://postgres@127.0.0.1:{port}/postgres"
     assert _select_one(url) == 1
@@ -83,7 +78,7 @@ def test_postgres_start_reuse_database_and_stop(cluster_dir: Path) -> None:
 
 
 def test_postgres_restarts_after_crash_and_bogus_pid_file(cluster_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = services.ensure_postgres(cluster_dir, port)
     pid_file = cluster_dir / "postmaster.pid"
 
@@ -106,7 +101,7 @@ def test_postgres_restarts_after_crash_and_bogus_pid_file(cluster_dir: Path) -> 
 
 
 def test_stripe_mock_start_reuse_and_stop() -> None:
-    port = _free_port()
+    port = free_port()
     try:
         url = services.ensure_stripe_mock(port)
         assert url == f"http://127.0.0.1:{port}"
@@ -219,7 +214,7 @@ def test_each_checkout_gets_its_own_stable_port() -> None:
 
 def test_a_port_answered_from_another_data_dir_is_refused(cluster_dir: Path) -> None:
     """Clone B's cluster on clone A's port: A must refuse it, not silently use B's users."""
-    port = _free_port()
+    port = free_port()
     services.ensure_postgres(cluster_dir, port)
     other = cluster_dir.parent / "other-checkout"
     refusal = re.escape(f"port {port} is taken by the cluster in {cluster_dir}")

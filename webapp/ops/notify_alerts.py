@@ -10,8 +10,6 @@ Usage: ``flask --app webapp notify-alerts [--once] [--interval SECONDS]``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -26,15 +24,9 @@ from flask.cli import with_appcontext
 from psycopg.rows import dict_row
 
 from webapp.db import connect_as
+from webapp.signing import signature_header
 
 log = logging.getLogger("tokenbill.alerts")
-
-
-def signature_header(body: bytes, secret: str, timestamp: int | None = None) -> str:
-    """The Stripe-style signature of ``body``: ``t=<unix>,v1=<hex hmac>``."""
-    t = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
 
 
 def _payload(alert: dict[str, Any]) -> bytes:

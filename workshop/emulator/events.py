@@ -8,8 +8,7 @@ import time
 import urllib.error
 import urllib.request
 
-import stripe
-
+from webapp.signing import signature_header
 from workshop.emulator.config import (
     Delivery,
     RequestInfo,
@@ -79,9 +78,7 @@ class Events(Store):
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         attempts = max(1, self.config.webhook_attempts)
         for attempt in range(1, attempts + 1):
-            header = stripe.WebhookSignature.generate_signature_header(
-                body, self.config.webhook_secret, timestamp=int(time.time())
-            )
+            header = signature_header(body.encode("utf-8"), self.config.webhook_secret)
             req = urllib.request.Request(
                 url,
                 data=body.encode("utf-8"),

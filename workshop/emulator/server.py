@@ -23,11 +23,10 @@ import argparse
 import logging
 import os
 import re
-import threading
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import make_server
 
 from workshop.emulator import pages  # noqa: F401  (registers the pages on bp)
 from workshop.emulator.api import _json, bp
@@ -47,6 +46,7 @@ from workshop.emulator.wire import (
     log,
     new_id,
 )
+from workshop.net import serve_wsgi
 
 
 def create_app(emulator: Emulator) -> Flask:
@@ -75,22 +75,18 @@ class EmulatorServer:
     def __init__(self, config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         self.emulator = Emulator(config)
         self.app = create_app(self.emulator)
-        self.server: BaseWSGIServer = make_server(host, port, self.app, threaded=True)
-        self.url = f"http://{host}:{self.server.server_port}"
+        self._serving = serve_wsgi(self.app, host, port)
+        self.server = self._serving.server
+        self.url = self._serving.url
         if not config.public_url:
             config.public_url = self.url
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
 
     def __enter__(self) -> EmulatorServer:
-        self._thread.start()
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
 
 def _price_arg(text: str) -> tuple[str, Obj]:
