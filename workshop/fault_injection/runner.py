@@ -714,7 +714,3 @@ def main(argv: list[str] | None = None) -> int:
     for violation in result.violations:
         print(f"  - {violation}")
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
