@@ -143,6 +143,6 @@ def test_only_the_endpoints_event_types_are_delivered(receiver: Receiver) -> Non
 
 
 def test_the_default_event_types_are_the_documented_ones() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "stripe.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "stripe.md").read_text()
     section = doc[doc.index("Events to send") : doc.index("Copy the endpoint")]
     assert set(re.findall(r"`([a-z_.]+)`", section)) == DEFAULT_ENABLED_EVENTS
