@@ -89,20 +89,25 @@ def launch(playwright: Any) -> Any:
 # --------------------------------------------------------------------------- what people do
 
 
+def submit_form(
+    page: Any, url: str, fields: dict[str, str], then: str, button: str = "button[type=submit]"
+) -> None:
+    """Open ``url``, fill ``fields`` (selector: value), submit, wait for ``then`` to show."""
+    page.goto(url)
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    page.click(button)
+    page.wait_for_selector(then)
+
+
 def register(page: Any, base: str, email: str) -> None:
-    page.goto(f"{base}/auth/register")
-    page.fill("#email", email)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#token-balance")
+    credentials = {"#email": email, "#password": PASSWORD}
+    submit_form(page, f"{base}/auth/register", credentials, "#token-balance")
 
 
 def login(page: Any, base: str, email: str) -> None:
-    page.goto(f"{base}/auth/login")
-    page.fill("#email", email)
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#token-balance")
+    credentials = {"#email": email, "#password": PASSWORD}
+    submit_form(page, f"{base}/auth/login", credentials, "#token-balance")
 
 
 def start_checkout(page: Any, base: str, tokens: int) -> None:
@@ -232,32 +237,25 @@ def _pay_page(page: Any, base: str) -> None:
 
 
 def wrong_password(page: Any, base: str) -> None:
-    page.goto(f"{base}/auth/login")
-    page.fill("#email", "nobody@example.test")
-    page.fill("#password", "not the password")
-    page.click("button[type=submit]")
-    page.wait_for_selector(".flash-error")
+    credentials = {"#email": "nobody@example.test", "#password": "not the password"}
+    submit_form(page, f"{base}/auth/login", credentials, ".flash-error")
 
 
 def save_settings(page: Any, base: str) -> None:
-    page.goto(f"{base}/account/settings")
-    page.fill("#low_balance_threshold", "20")
-    page.click("form.card button[type=submit]")
-    page.wait_for_selector(".flash-success")
+    fields = {"#low_balance_threshold": "20"}
+    submit_form(
+        page, f"{base}/account/settings", fields, ".flash-success", "form.card button[type=submit]"
+    )
 
 
 def _refused_adjustment(page: Any, base: str, user_id: str) -> None:
-    page.goto(f"{base}/admin/users/{user_id}")
-    page.fill("#adjust-delta", "-1000000")
-    page.fill("#adjust-reason", "more than the balance")
-    page.click("#adjust-heading ~ form button[type=submit]")
-    page.wait_for_selector(".flash-error")
+    fields = {"#adjust-delta": "-1000000", "#adjust-reason": "more than the balance"}
+    button = "#adjust-heading ~ form button[type=submit]"
+    submit_form(page, f"{base}/admin/users/{user_id}", fields, ".flash-error", button)
 
 
 def _audit(page: Any, base: str) -> None:
-    page.goto(f"{base}/admin/audit")
-    page.click("#run-audit")
-    page.wait_for_selector("#audit-result")
+    submit_form(page, f"{base}/admin/audit", {}, "#audit-result", "#run-audit")
 
 
 def tour(shop: Shop, role: str) -> list[Stop]:

@@ -112,3 +112,15 @@ def create(client: stripe.StripeClient, **overrides: Any) -> stripe.checkout.Ses
 
 def pay(session: stripe.checkout.Session, **form: str) -> requests.Response:
     return requests.post(session.url, data=form or CARD, allow_redirects=False, timeout=30)
+
+
+def pay_declined(
+    session: stripe.checkout.Session, receiver: Receiver, card: dict[str, str], message: str
+) -> requests.Response:
+    """Pay ``session`` with ``card``; it must be declined (402, ``message``) with Stripe's two
+    failure events."""
+    resp = pay(session, **card)
+    assert resp.status_code == 402
+    assert message in resp.text
+    assert receiver.types() == ["charge.failed", "payment_intent.payment_failed"]
+    return resp

@@ -12,7 +12,16 @@ from pathlib import Path
 import requests
 import stripe
 
-from tests.support.emulator import CARD, SECRET, SUCCESS_EVENTS, USER_ID, Receiver, create, pay
+from tests.support.emulator import (
+    CARD,
+    SECRET,
+    SUCCESS_EVENTS,
+    USER_ID,
+    Receiver,
+    create,
+    pay,
+    pay_declined,
+)
 from workshop.emulator import DEFAULT_ENABLED_EVENTS, EmulatorConfig, EmulatorServer
 from workshop.emulator.cards import AUTHENTICATION_FAILED, CARDS
 
@@ -31,11 +40,7 @@ def test_insufficient_funds_declines_with_stripes_codes_and_events(
     client: stripe.StripeClient, receiver: Receiver
 ) -> None:
     session = create(client)
-    resp = pay(session, **INSUFFICIENT)
-
-    assert resp.status_code == 402
-    assert "Your card has insufficient funds." in resp.text
-    assert receiver.types() == ["charge.failed", "payment_intent.payment_failed"]
+    pay_declined(session, receiver, INSUFFICIENT, "Your card has insufficient funds.")
     charge = receiver.of_type("charge.failed")[0].data.object
     intent = receiver.of_type("payment_intent.payment_failed")[0].data.object
     assert (charge.status, charge.paid, charge.failure_code) == ("failed", False, "card_declined")

@@ -20,6 +20,7 @@ from tests.support.emulator import (
     Receiver,
     create,
     pay,
+    pay_declined,
     session_params,
 )
 from workshop.emulator import EmulatorServer
@@ -141,11 +142,7 @@ def test_declined_card_stays_on_the_page_and_sends_payment_failed(
     client: stripe.StripeClient, receiver: Receiver
 ) -> None:
     session = create(client)
-    resp = pay(session, **DECLINED)
-
-    assert resp.status_code == 402
-    assert "Your card was declined." in resp.text
-    assert receiver.types() == ["charge.failed", "payment_intent.payment_failed"]
+    pay_declined(session, receiver, DECLINED, "Your card was declined.")
     failed = receiver.of_type("payment_intent.payment_failed")[0].data.object
     assert failed.metadata["user_id"] == USER_ID
     assert failed.metadata["package"] == "tokens_100"
