@@ -24,6 +24,27 @@ import psycopg
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "db" / "migrations"
 LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
 
+# The record of what ran is the owner's alone. Hosts that hand new tables in schema public to
+# API roles by default privileges (Supabase: anon, authenticated, service_role) would otherwise
+# let a public API key rewrite it.
+REVOKE_FROM_OTHERS = """
+do $$
+declare
+    v_grantee text;
+begin
+    revoke all on public.tokenbill_migrations from public;
+    for v_grantee in
+        select distinct a.grantee::regrole::text
+          from pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         where c.oid = 'public.tokenbill_migrations'::regclass
+           and a.grantee not in (0, c.relowner)
+    loop
+        execute format('revoke all on public.tokenbill_migrations from %s', v_grantee);
+    end loop;
+end
+$$
+"""
+
 log = logging.getLogger("tokenbill.migrate")
 
 
@@ -84,6 +105,7 @@ def upgrade(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     applied_at timestamptz not null default now())
                 """
             )
+            conn.execute(REVOKE_FROM_OTHERS)
             applied = dict(
                 conn.execute("select version, checksum from public.tokenbill_migrations").fetchall()
             )

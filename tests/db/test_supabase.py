@@ -1,0 +1,228 @@
+"""tokenbill on a Supabase-shaped PostgreSQL: non-superuser owner, Supabase's API roles present.
+
+A throwaway cluster of our own (so roles are created fresh, and the server can really be
+stopped) laid out like a Supabase project: the cluster's superuser stands in for
+``supabase_admin``; ``supa_postgres`` is the dashboard's ``postgres`` (LOGIN CREATEROLE
+CREATEDB, not a superuser, owner of the database); ``anon``, ``authenticated`` and
+``service_role`` are NOINHERIT as Supabase creates them, and schema ``public`` hands every new
+table and function to them by default privileges, as Supabase's does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+from scripts import migrate, services
+from tests.conftest import WEBHOOK_SECRET
+from tests.support import stripe_events as ev
+from tests.support.edge_functions import postgres_url, serve_function
+
+OWNER = "supa_postgres"
+EDGE_LOGIN = "tokenbill_edge"
+API_ROLES = ("anon", "authenticated", "service_role")
+SERVICE_ROLE_SQL = Path(__file__).resolve().parents[2] / "db" / "supabase" / "service_role.sql"
+
+SUPABASE_ROLES = f"""
+create role anon nologin noinherit;
+create role authenticated nologin noinherit;
+create role service_role nologin noinherit bypassrls;
+create role authenticator login noinherit;
+grant anon, authenticated, service_role to authenticator;
+create role {OWNER} login createrole createdb bypassrls nosuperuser;
+grant anon, authenticated, service_role to {OWNER} with admin option;
+"""
+# What Supabase's owner sets up in every project database before any user migration.
+SUPABASE_PUBLIC_DEFAULTS = """
+grant usage on schema public to anon, authenticated, service_role;
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+"""
+
+# Every privilege a role holds on tokenbill's objects, directly or through PUBLIC.
+PRIVILEGES = """
+select 'schema ' || n.nspname as object, p.privilege
+  from pg_namespace n, unnest(array['USAGE', 'CREATE']) p(privilege)
+ where n.nspname in ('api', 'tokenbill') and has_schema_privilege(%(role)s, n.oid, p.privilege)
+union all
+select 'routine ' || f.oid::regprocedure::text, 'EXECUTE'
+  from pg_proc f join pg_namespace n on n.oid = f.pronamespace
+ where n.nspname in ('api', 'tokenbill') and has_function_privilege(%(role)s, f.oid, 'EXECUTE')
+union all
+select 'relation ' || c.oid::regclass::text, p.privilege
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace,
+       unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
+                    'TRIGGER']) p(privilege)
+ where n.nspname in ('api', 'tokenbill', 'public') and c.relkind in ('r', 'p', 'v', 'm', 'f')
+   and has_table_privilege(%(role)s, c.oid, p.privilege)
+"""
+
+
+@dataclass
+class SupabaseLike:
+    data_dir: Path
+    port: int
+    superuser_url: str
+    owner_url: str
+    applied: list[str]
+
+    def connect(self, url: str | None = None) -> psycopg.Connection[dict[str, Any]]:
+        return psycopg.connect(url or self.owner_url, autocommit=True, row_factory=dict_row)
+
+    def privileges(self, role: str) -> set[tuple[str, str]]:
+        with self.connect() as conn:
+            rows = conn.execute(PRIVILEGES, {"role": role}).fetchall()
+        return {(r["object"], r["privilege"]) for r in rows}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def supabase() -> Iterator[SupabaseLike]:
+    """The cluster, with every migration applied by the non-superuser owner."""
+    base = Path(tempfile.mkdtemp(prefix="tokenbill-supabase-"))
+    base.chmod(0o755)  # the cluster's OS user must be able to enter it
+    data_dir, port = base / "pg", _free_port()
+    try:
+        superuser_url = services.ensure_postgres(data_dir, port)
+        with psycopg.connect(superuser_url, autocommit=True) as conn:
+            conn.execute(SUPABASE_ROLES)
+            conn.execute(f"create database tokenbill owner {OWNER}")
+        owner_url = make_conninfo(superuser_url, user=OWNER, dbname="tokenbill")
+        with psycopg.connect(owner_url, autocommit=True) as conn:
+            conn.execute(SUPABASE_PUBLIC_DEFAULTS)
+        applied = migrate.upgrade(owner_url)
+        yield SupabaseLike(data_dir, port, superuser_url, owner_url, applied)
+    finally:
+        with contextlib.suppress(Exception):
+            services.stop_postgres(data_dir)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mirrored(supabase: SupabaseLike) -> SupabaseLike:
+    """db/supabase/service_role.sql applied, by the owner, as the deploy guide says."""
+    with supabase.connect() as conn:
+        conn.execute(SERVICE_ROLE_SQL.read_text())  # type: ignore[arg-type]  # trusted file
+    return supabase
+
+
+def test_every_migration_applies_as_a_non_superuser_owner(supabase: SupabaseLike):
+    assert supabase.applied == [m.version for m in migrate.discover()]
+    with supabase.connect() as conn:
+        me = conn.execute(
+            "select rolsuper, rolcreaterole from pg_roles where rolname = current_user"
+        ).fetchone()
+        app = conn.execute(
+            "select pg_get_userbyid(n.nspowner) as schema_owner,"
+            " exists (select from pg_roles where rolname = 'tokenbill_app') as app_role"
+            " from pg_namespace n where n.nspname = 'api'"
+        ).fetchone()
+    assert me == {"rolsuper": False, "rolcreaterole": True}
+    assert app == {"schema_owner": OWNER, "app_role": True}
+
+
+@pytest.mark.parametrize("role", ["anon", "authenticated"])
+def test_supabase_public_roles_reach_nothing_of_tokenbill(supabase: SupabaseLike, role: str):
+    """The anon key is public: it must not call api.handle_stripe_event, nor touch the
+    migrations table that Supabase's default privileges on schema public would hand it."""
+    assert supabase.privileges(role) == set()
+
+
+def test_service_role_gets_exactly_what_the_app_role_gets(supabase: SupabaseLike):
+    app = supabase.privileges("tokenbill_app")
+    assert ("routine api.handle_stripe_event(jsonb)", "EXECUTE") in app
+    with supabase.connect() as conn:  # what db/README.md used to advise
+        conn.execute("grant tokenbill_app to service_role")
+    assert supabase.privileges("service_role") == set()  # NOINHERIT: a membership is not enough
+
+    with supabase.connect() as conn:
+        for _ in range(2):  # idempotent: run after every migration
+            conn.execute(SERVICE_ROLE_SQL.read_text())  # type: ignore[arg-type]
+
+    assert supabase.privileges("service_role") == app
+
+
+def test_service_role_calls_the_api_like_postgrest_would(mirrored: SupabaseLike):
+    """PostgREST logs in as authenticator and switches to service_role for the secret key."""
+    authenticator = make_conninfo(mirrored.superuser_url, user="authenticator", dbname="tokenbill")
+    evt = ev.event("customer.created", {"id": "cus_1", "object": "customer"})
+    with mirrored.connect(authenticator) as conn:
+        conn.execute("set role service_role")
+        row = conn.execute(
+            "select outcome from api.handle_stripe_event(%s::jsonb)", [ev.encode(evt).decode()]
+        ).fetchone()
+        assert row == {"outcome": "ignored"}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from tokenbill.users")
+
+
+@pytest.fixture(scope="module")
+def edge_login(mirrored: SupabaseLike) -> str:
+    """The login the Edge Functions use (db/README.md): it can only become tokenbill_app."""
+    with mirrored.connect() as conn:
+        conn.execute(f"create role {EDGE_LOGIN} login noinherit")
+        conn.execute(f"grant tokenbill_app to {EDGE_LOGIN}")
+    return postgres_url(make_conninfo(mirrored.owner_url, user=EDGE_LOGIN))
+
+
+def test_webhook_function_on_supabase_layout_survives_a_database_stop(
+    mirrored: SupabaseLike, edge_login: str
+):
+    with mirrored.connect() as conn:
+        user = conn.execute("select api.register_user('edge@example.test', 'x') as id").fetchone()[
+            "id"
+        ]
+
+    def balance() -> int:
+        with mirrored.connect() as conn:
+            return conn.execute(
+                "select balance from api.accounts where id = %s", [user]
+            ).fetchone()["balance"]
+
+    first = ev.checkout_session_completed(user, "tokens_100", 500)
+    second = ev.payment_intent_succeeded(user, "tokens_250", 1000)
+    settings = {
+        "TOKENBILL_DATABASE_URL": edge_login,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "TOKENBILL_DB_TIMEOUT_SECONDS": "2",
+    }
+    with serve_function("stripe-webhook", **settings) as fn:
+
+        def deliver(evt: dict[str, Any]) -> requests.Response:
+            body, header = ev.signed(evt, WEBHOOK_SECRET)
+            return requests.post(
+                fn.url, data=body, headers={"Stripe-Signature": header}, timeout=30
+            )
+
+        assert deliver(first).json()["outcome"] == "processed"
+        assert balance() == 100
+
+        services.stop_postgres(mirrored.data_dir)
+        try:
+            refused = deliver(second)
+        finally:
+            services.ensure_postgres(mirrored.data_dir, mirrored.port)
+        assert refused.status_code == 500
+
+        retried = deliver(second)
+        assert retried.status_code == 200 and retried.json()["outcome"] == "processed"
+        assert deliver(first).json()["outcome"] == "duplicate"
+    assert balance() == 350
