@@ -47,9 +47,12 @@ grant anon, authenticated, service_role to {OWNER} with admin option;
 # What Supabase's owner sets up in every project database before any user migration.
 SUPABASE_PUBLIC_DEFAULTS = """
 grant usage on schema public to anon, authenticated, service_role;
-alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+alter default privileges in schema public
+    grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public
+    grant all on functions to anon, authenticated, service_role;
+alter default privileges in schema public
+    grant all on sequences to anon, authenticated, service_role;
 """
 
 # Every privilege a role holds on tokenbill's objects, directly or through PUBLIC.
