@@ -65,6 +65,22 @@ export function isClientError(error: unknown): boolean {
     (CLIENT_SQLSTATES.has(code) || code.startsWith("22"));
 }
 
+/** HTTP status for a database error, like webapp/errors.py: ours are 4xx, the rest 503. */
+export function httpStatusFor(error: unknown): number {
+  const code = sqlstate(error) ?? "";
+  if (code in SQLSTATE_STATUS) return SQLSTATE_STATUS[code];
+  return code.startsWith("22") ? 400 : 503;
+}
+
+const SQLSTATE_STATUS: Record<string, number> = {
+  TB001: 409, // immutable
+  TB002: 404, // not found
+  TB003: 400, // invalid argument
+  TB004: 409, // conflict
+  TB005: 409, // would go negative
+  TB006: 403, // forbidden
+};
+
 /** The SQLSTATE of a database error, for status mapping; undefined for connection trouble. */
 export function sqlstate(error: unknown): string | undefined {
   return error instanceof postgres.PostgresError ? error.code : undefined;
