@@ -57,19 +57,22 @@ def _npm_registry() -> str:
     return out.stdout.strip()
 
 
+# Settings the functions read: never inherited from the developer's shell, only given.
+FUNCTION_SETTINGS = ("TOKENBILL_", "SUPABASE_", "STRIPE_", "LLM_", "AGENT_", "DENO_SERVE_")
+
+
 def deno_env(**settings: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/root"),
-        "DENO_DIR": str(DENO_DIR),
-        "NPM_CONFIG_REGISTRY": _npm_registry(),
-        "NO_COLOR": "1",
-        "DENO_NO_UPDATE_CHECK": "1",
-        "DENO_SERVE_ADDRESS": "tcp:127.0.0.1:0",
-    }
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+    """This process's environment (proxy and CA settings included) without any function
+    setting, plus Deno's own (cache in .data/deno, the npm registry, a free port) and
+    ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FUNCTION_SETTINGS)}
+    env.update(
+        DENO_DIR=str(DENO_DIR),
+        NPM_CONFIG_REGISTRY=_npm_registry(),
+        NO_COLOR="1",
+        DENO_NO_UPDATE_CHECK="1",
+        DENO_SERVE_ADDRESS="tcp:127.0.0.1:0",
+    )
     return {**env, **settings}
 
 
