@@ -3,7 +3,9 @@
 Each applied file is recorded with its SHA-256 in ``public.tokenbill_migrations``. Running again
 applies only new files; an applied file whose contents changed is an error (write a new
 migration instead), and so is a pending file numbered below the highest applied one (it was
-written against an older schema than the database has: renumber it above the newest). A session-level advisory lock makes concurrent runs wait for each other.
+written against an older schema than the database has: renumber it above the newest). A
+session-level advisory lock makes concurrent runs wait for each other. The migrations table
+itself is readable and writable by its owner only.
 
 Usage: ``python -m scripts.migrate [--database-url URL] [--status]``; the URL defaults to
 ``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.

@@ -92,7 +92,7 @@ def test_a_pending_file_below_the_newest_applied_is_refused(empty_db, tmp_path: 
     migrate.upgrade(empty_db, copy)
     (copy / "0008_late.sql").write_text("create table public.late (id int);\n")
     (copy / "9999_next.sql").write_text("create table public.next (id int);\n")
-    with pytest.raises(migrate.MigrationError, match="0008_late is pending.*strictly in order"):
+    with pytest.raises(migrate.MigrationError, match=r"0008_late is pending.*strictly in order"):
         migrate.upgrade(empty_db, copy)
     with psycopg.connect(empty_db) as conn:
         # refused before anything ran: not even the well-numbered 9999

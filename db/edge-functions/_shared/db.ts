@@ -50,10 +50,22 @@ function pool(): Sql {
   return client;
 }
 
+/** A role that cannot be taken (missing, or the login is not a member): the operator's fault. */
+export class RoleError extends Error {
+  override name = "RoleError";
+}
+
 /** Run ``work`` in one transaction acting as the caller's role; resolves after COMMIT. */
 async function asRole<T>(caller: Caller, work: (tx: Sql) => Promise<T>): Promise<T> {
   return await pool().begin(async (tx) => {
-    await tx`select set_config('role', ${roleFor(caller)}, true)`;
+    const role = roleFor(caller);
+    try {
+      await tx`select set_config('role', ${role}, true)`;
+    } catch (error) {
+      // Not a PostgresError any more: a misconfigured role must never look like a bad request.
+      if (!(error instanceof postgres.PostgresError)) throw error;
+      throw new RoleError(`cannot act as role ${role}: ${error.message}`);
+    }
     return await work(tx as unknown as Sql);
   }) as T;
 }
