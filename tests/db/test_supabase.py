@@ -155,6 +155,8 @@ def test_service_role_gets_exactly_what_the_app_role_gets(supabase: SupabaseLike
     with supabase.connect() as conn:  # what db/README.md used to advise
         conn.execute("grant tokenbill_app to service_role")
     assert supabase.privileges("service_role") == set()  # NOINHERIT: a membership is not enough
+    with supabase.connect() as conn:
+        conn.execute("revoke tokenbill_app from service_role")
 
     with supabase.connect() as conn:
         for _ in range(2):  # idempotent: run after every migration
@@ -183,6 +185,7 @@ def edge_login(mirrored: SupabaseLike) -> str:
     with mirrored.connect() as conn:
         conn.execute(f"create role {EDGE_LOGIN} login noinherit")
         conn.execute(f"grant tokenbill_app to {EDGE_LOGIN}")
+    assert mirrored.privileges(EDGE_LOGIN) == set()  # NOINHERIT: nothing until SET ROLE
     return postgres_url(make_conninfo(mirrored.owner_url, user=EDGE_LOGIN))
 
 
@@ -229,3 +232,24 @@ def test_webhook_function_on_supabase_layout_survives_a_database_stop(
         assert retried.status_code == 200 and retried.json()["outcome"] == "processed"
         assert deliver(first).json()["outcome"] == "duplicate"
     assert balance() == 350
+
+
+def test_the_builtin_supabase_db_url_works_once_postgres_may_become_the_app_role(
+    mirrored: SupabaseLike,
+):
+    """The fallback of db/README.md step 3: no TOKENBILL_DATABASE_URL, the owner's login."""
+    evt = ev.event("customer.created", {"id": "cus_2", "object": "customer"})
+    body, header = ev.signed(evt, WEBHOOK_SECRET)
+    settings = {"SUPABASE_DB_URL": postgres_url(mirrored.owner_url)}
+    with serve_function("stripe-webhook", STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET, **settings) as fn:
+
+        def post() -> requests.Response:
+            return requests.post(
+                fn.url, data=body, headers={"Stripe-Signature": header}, timeout=30
+            )
+
+        assert post().status_code == 500  # postgres is not a member of tokenbill_app yet
+        with mirrored.connect() as conn:
+            conn.execute(f"grant tokenbill_app to {OWNER}")
+        answer = post()
+    assert answer.status_code == 200 and answer.json()["outcome"] == "ignored"

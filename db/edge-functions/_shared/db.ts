@@ -15,7 +15,6 @@
 import postgres from "npm:postgres@3.4.9";
 
 export type Sql = ReturnType<typeof postgres>;
-export type Json = Record<string, unknown>;
 
 /** Which setting names the role of which caller; tokenbill_app until the roles are split. */
 export const ROLE_SETTINGS = {
@@ -41,7 +40,7 @@ function pool(): Sql {
   if (!url) throw new Error("TOKENBILL_DATABASE_URL (or SUPABASE_DB_URL) is not set");
   client = postgres(url, {
     max: 3,
-    connect_timeout: Number(Deno.env.get("TOKENBILL_DB_TIMEOUT_SECONDS") || 10),
+    connect_timeout: Number(Deno.env.get("TOKENBILL_DB_TIMEOUT_SECONDS")) || 10,
     idle_timeout: 60,
     prepare: false, // Supabase's transaction pooler cannot keep prepared statements
     fetch_types: false,
