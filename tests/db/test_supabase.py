@@ -97,14 +97,35 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def supabase() -> Iterator[SupabaseLike]:
+def _bindirs_by_major() -> dict[str, Path]:
+    """One server build per PostgreSQL major available (Debian's 15, pgserver's 16): role
+    rules changed in 16 (CREATEROLE), and Supabase runs 15 and 17 projects."""
+    found: dict[str, Path] = {}
+    for bindir in services._candidate_bindirs():
+        major = services._pg_major(bindir)
+        if major and major not in found:
+            found[major] = bindir
+    return found
+
+
+BINDIRS = _bindirs_by_major()
+
+
+@pytest.fixture(scope="module", params=sorted(BINDIRS), ids=lambda major: f"pg{major}")
+def supabase(request: pytest.FixtureRequest) -> Iterator[SupabaseLike]:
     """The cluster, with every migration applied by the non-superuser owner."""
     base = Path(tempfile.mkdtemp(prefix="tokenbill-supabase-"))
     base.chmod(0o755)  # the cluster's OS user must be able to enter it
     data_dir, port = base / "pg", _free_port()
     try:
+        # services starts an existing cluster with binaries of its major: create it with ours
+        user = services._ensure_service_user(data_dir)
+        services._prepare_data_dir(data_dir, user)
+        services._initdb(BINDIRS[request.param], data_dir, user)
         superuser_url = services.ensure_postgres(data_dir, port)
+        with psycopg.connect(superuser_url) as conn:
+            version = conn.execute("show server_version_num").fetchone()[0]  # type: ignore[index]
+        assert version.startswith(request.param)
         with psycopg.connect(superuser_url, autocommit=True) as conn:
             conn.execute(SUPABASE_ROLES)
             conn.execute(f"create database tokenbill owner {OWNER}")
