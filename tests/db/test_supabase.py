@@ -11,6 +11,7 @@ table and function to them by default privileges, as Supabase's does.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import tempfile
@@ -102,6 +103,8 @@ def _bindirs_by_major() -> dict[str, Path]:
     rules changed in 16 (CREATEROLE), and Supabase runs 15 and 17 projects."""
     found: dict[str, Path] = {}
     for bindir in services._candidate_bindirs():
+        if os.geteuid() == 0 and not services._reachable_by_others(bindir / "postgres"):
+            continue  # the cluster's OS user could not run it (as in services._choose_bindir)
         major = services._pg_major(bindir)
         if major and major not in found:
             found[major] = bindir
