@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -78,6 +79,19 @@ def test_a_call_is_charged_once_and_answered(meter, owner, funded):
     assert balance_of(owner, user) == 4
     assert ledger_kinds(owner, user) == ["admin_adjustment", "consumption"]
     assert assistant_status(owner, user, "req-1") == "done"
+
+
+def test_concurrent_retries_of_one_request_are_charged_once(meter, owner, funded):
+    user, key = funded
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(
+            pool.map(lambda _: call(meter, key, {"message": "once"}, "req-race"), range(6))
+        )
+
+    assert {r.status_code for r in responses} <= {200, 409}  # 409: first call still running
+    assert sum(not r.json().get("replayed") for r in responses) == 1
+    assert balance_of(owner, user) == 4
+    assert ledger_kinds(owner, user) == ["admin_adjustment", "consumption"]
 
 
 def test_a_conversation_continues_and_other_peoples_are_not_found(meter, owner, funded, make_user):
