@@ -8,6 +8,7 @@ the real PostgreSQL of the test run.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import selectors
@@ -46,6 +47,7 @@ def postgres_url(conninfo: str, **params: str) -> str:
     return f"{url}?{query}" if query else url
 
 
+@functools.cache
 def _npm_registry() -> str:
     """The registry npm uses here; Deno resolves npm: imports through the same one."""
     configured = os.environ.get("NPM_CONFIG_REGISTRY")
