@@ -16,19 +16,21 @@ import postgres from "npm:postgres@3.4.9";
 
 export type Sql = ReturnType<typeof postgres>;
 
-/** Which setting names the role of which caller; tokenbill_app until the roles are split. */
-export const ROLE_SETTINGS = {
-  webhook: "TOKENBILL_WEBHOOK_ROLE",
-  agent: "TOKENBILL_AGENT_ROLE",
+/**
+ * The role each caller acts as: its setting, and the default when unset. The one place to
+ * change when the Stripe events get a role of their own (e.g. tokenbill_webhook).
+ */
+export const ROLES = {
+  webhook: { setting: "TOKENBILL_WEBHOOK_ROLE", fallback: "tokenbill_app" },
+  agent: { setting: "TOKENBILL_AGENT_ROLE", fallback: "tokenbill_app" },
 } as const;
-export type Caller = keyof typeof ROLE_SETTINGS;
-const DEFAULT_ROLE = "tokenbill_app";
+export type Caller = keyof typeof ROLES;
 
 /** SQLSTATEs caused by the request itself (bad argument): retrying cannot help. */
 const CLIENT_SQLSTATES = new Set(["TB003"]);
 
 export function roleFor(caller: Caller): string {
-  return Deno.env.get(ROLE_SETTINGS[caller]) || DEFAULT_ROLE;
+  return Deno.env.get(ROLES[caller].setting) || ROLES[caller].fallback;
 }
 
 let client: Sql | undefined;
