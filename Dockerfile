@@ -14,7 +14,7 @@ COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
 # Only what the app runs; .dockerignore keeps local state and secrets (.env, .data) out too.
-COPY pyproject.toml ./
+COPY pyproject.toml gunicorn.conf.py ./
 COPY db ./db
 COPY frontend ./frontend
 COPY scripts ./scripts
@@ -25,4 +25,4 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin toke
 USER tokenbill
 
 EXPOSE 5000
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "8", "webapp:create_app()"]
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "8", "webapp:create_app()"]

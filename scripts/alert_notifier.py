@@ -67,8 +67,11 @@ def post(url: str, secret: str, body: bytes, timeout: float = 10) -> None:
             raise urllib.error.HTTPError(url, response.status, "non-2xx", response.headers, None)
 
 
+NOTIFIER_ROLE = "tokenbill_notifier"  # may claim and finish notifications, nothing else
+
+
 def run_once(
-    database_url: str, url: str, secret: str, role: str = "tokenbill_app"
+    database_url: str, url: str, secret: str, role: str = NOTIFIER_ROLE
 ) -> tuple[int, int]:
     """Send every pending alert once; return (sent, failed)."""
     sent = failed = 0
@@ -108,9 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (database_url and url and secret):
         print("set DATABASE_URL, ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET", file=sys.stderr)
         return 2
-    role = os.environ.get("DATABASE_ROLE", "tokenbill_app")
     while True:
-        sent, failed = run_once(database_url, url, secret, role)
+        sent, failed = run_once(database_url, url, secret)
         if sent or failed:
             log.info("alerts sent: %s, failed: %s", sent, failed)
         if args.once:

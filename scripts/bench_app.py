@@ -3,7 +3,7 @@
 ``POST /bench/agent-unbilled`` is ``POST /api/agent`` without the ledger: it authenticates the
 same way (an API key through webapp.api_auth), passes the same rate limiter, runs the same
 agent on the message and answers the same JSON shape, but never calls
-api.begin_agent_request / api.finish_agent_request (nothing charged, nothing stored). The
+api.begin_agent_request / api.settle_agent_request (nothing reserved, nothing stored). The
 difference in latency between the two routes is the cost of billing.
 
 It exists only here: ``webapp.create_app()`` never registers it (a test checks), and only
@@ -20,10 +20,11 @@ from typing import Any
 from flask import Blueprint, Flask, abort, current_app, jsonify, request
 
 from webapp import create_app
-from webapp.agent import _agent_limit, _collect, _rate_key
+from webapp.agent import _agent_limit, _rate_key
 from webapp.agents import get_agent
 from webapp.api_auth import api_login_required, api_user
 from webapp.extensions import csrf, limiter
+from webapp.metering import collect
 
 bp = Blueprint("bench", __name__, url_prefix="/bench")
 UNBILLED_PATH = "/bench/agent-unbilled"
@@ -41,7 +42,7 @@ def agent_unbilled():
     user = api_user()
     agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
     timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
-    reply = asyncio.run(asyncio.wait_for(_collect(agent, [], data["message"]), timeout))
+    reply = asyncio.run(asyncio.wait_for(collect(agent, [], data["message"]), timeout))
     response = jsonify(
         request_id=request.headers.get("Idempotency-Key") or uuid.uuid4().hex,
         conversation_id=None,

@@ -157,9 +157,13 @@ def run_clients(
     op: Operation,
     seconds: float | None = None,
     ops_per_client: int | None = None,
-    connect: Callable[[str], psycopg.Connection[Any]] = connect_as_app,
+    connect: Callable[[str], psycopg.Connection[Any]] = connect_owner,
 ) -> Sample:
     """Run ``op`` from ``clients`` threads, each on its own connection, for a fixed time or count.
+
+    Connections are the owner's by default: api.consume and api.grant_for_payment are internal
+    since 0013 (callable only through the definer functions that use them), and the role a
+    connection acts as does not change what a statement costs.
 
     Connections are opened before the clock starts; all clients start together on a barrier.
     Throughput is total operations over the wall time from start until the last client stops.

@@ -232,6 +232,7 @@ def run(admin_url: str, settings: Settings) -> str:
         with bench_database(admin_url, f"tokenbill_bench_http_{uuid.uuid4().hex[:8]}") as db:
             env = {
                 "DATABASE_URL": db,
+                "WEBHOOK_DATABASE_URL": db,
                 "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "SECRET_KEY": secrets.token_urlsafe(32),
                 "AGENT_RATE_LIMIT": "1000000 per minute",

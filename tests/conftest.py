@@ -19,7 +19,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from scripts import migrate
-from webapp.db import connect_as
+from webapp.db import close_app, connect_as
 
 WEBHOOK_SECRET = "whsec_test_tokenbill_secret"
 PASSWORD = "correct horse battery"
@@ -72,9 +72,33 @@ def connect_as_app(database_url: str) -> psycopg.Connection[dict[str, Any]]:
     return connect_as(database_url, autocommit=True, row_factory=dict_row)
 
 
+def connect_owner(database_url: str) -> psycopg.Connection[dict[str, Any]]:
+    """An autocommit dict-row connection as the database owner (internal functions)."""
+    return psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
+
+
+def connect_as_role(database_url: str, role: str) -> psycopg.Connection[dict[str, Any]]:
+    """An autocommit dict-row connection acting as ``role`` (tokenbill_webhook, ...)."""
+    return connect_as(database_url, role, autocommit=True, row_factory=dict_row)
+
+
 @pytest.fixture
 def app_conn(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     with connect_as_app(database_url) as conn:
+        yield conn
+
+
+@pytest.fixture
+def admin_conn(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """Acts as tokenbill_admin, the role admin pages switch to."""
+    with connect_as_role(database_url, "tokenbill_admin") as conn:
+        yield conn
+
+
+@pytest.fixture
+def webhook_conn(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """Acts as tokenbill_webhook, the only role that applies Stripe objects."""
+    with connect_as_role(database_url, "tokenbill_webhook") as conn:
         yield conn
 
 
@@ -119,6 +143,7 @@ def app_config(database_url: str, stripe_mock_url: str) -> dict[str, Any]:
     """Test configuration; individual tests may override keys before creating the app."""
     return {
         "TESTING": True,
+        "TOKENBILL_ENV": "development",
         "SECRET_KEY": "test-secret-key",
         "DATABASE_URL": database_url,
         "WTF_CSRF_ENABLED": False,
@@ -144,7 +169,7 @@ def make_app(app_config: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
 
     yield factory
     for app in apps:
-        app.extensions["tokenbill_db"].close()
+        close_app(app)
 
 
 @pytest.fixture

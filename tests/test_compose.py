@@ -71,8 +71,10 @@ def rendered() -> dict[str, Any]:
 def test_compose_validates_the_file(rendered: dict[str, Any]) -> None:
     assert set(rendered["services"]) == {
         "postgres",
+        "redis",
         "stripe-mock",
         "migrate",
+        "db-logins",
         "web",
         "emulator",
         "stripe-cli",
@@ -99,7 +101,17 @@ def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
     script = web["command"][-1]
     assert "exec gunicorn --bind 0.0.0.0:5000" in script
     assert "'webapp:create_app()'" in script
-    assert web["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert "--config gunicorn.conf.py" in script  # request line and header limits
+    assert web["depends_on"] == {
+        "db-logins": {"condition": "service_completed_successfully"},
+        "redis": {"condition": "service_healthy"},
+    }
+    logins = raw["services"]["db-logins"]
+    assert logins["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    assert "scripts.db_logins" in logins["command"][-1]
+    # the app never connects as the superuser that migrates
+    assert web["environment"]["DATABASE_URL"].startswith("postgresql://tokenbill_web:")
+    assert web["environment"]["WEBHOOK_DATABASE_URL"].startswith("postgresql://tokenbill_stripe:")
     assert "@postgres:5432/" in web["environment"]["DATABASE_URL"]
     assert web["build"] == "." and raw["services"]["migrate"]["build"] == "."
 
@@ -161,6 +173,20 @@ def test_stripe_cli_forwards_to_web_only_in_its_profile(raw: dict[str, Any]) -> 
     assert "STRIPE_API_KEY" in cli["environment"]
     profiled = {name for name, svc in raw["services"].items() if "profiles" in svc}
     assert profiled == {"stripe-cli"}
+
+
+def test_two_web_workers_share_rate_limits_in_redis(raw: dict[str, Any]) -> None:
+    """memory:// under `--workers 2` would let every limit through twice."""
+    services = raw["services"]
+    assert "--workers 2" in services["web"]["command"][-1]
+    assert services["web"]["environment"]["RATELIMIT_STORAGE_URI"] == "redis://redis:6379/0"
+    assert services["redis"]["build"] == "docker/redis"
+    assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+    assert "ports" not in services["redis"]  # only the compose network reaches it
+    dockerfile = (REPO / "docker" / "redis" / "Dockerfile").read_text()
+    assert "FROM debian:bookworm-slim" in dockerfile
+    assert "apt-get install -y --no-install-recommends redis-server" in dockerfile
+    assert "\nUSER redis\n" in dockerfile
 
 
 def test_stripe_mock_listens_on_12111(raw: dict[str, Any]) -> None:

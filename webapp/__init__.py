@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import click
 from dotenv import load_dotenv
 from flask import Flask
 
-from . import config, db, errors
+from . import config, db, errors, security
 from .extensions import csrf, limiter, login_manager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,13 +32,29 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         template_folder=str(ROOT / "frontend" / "templates"),
         static_folder=str(ROOT / "frontend" / "static"),
     )
-    app.config.from_mapping(config.from_env())
+    # Loaded by the `flask` command: configuration trouble must be one clear line, not a
+    # traceback, and `flask --help` must still list the commands. Those that need the database
+    # say so themselves (webapp.cli.operator_connection).
+    from_cli = click.get_current_context(silent=True) is not None
+    try:
+        app.config.from_mapping(config.from_env())
+    except config.ConfigError as exc:
+        if from_cli:
+            raise click.ClickException(str(exc)) from None
+        raise
     if test_config:
         app.config.update(test_config)
-    if not app.config["DATABASE_URL"]:
-        raise RuntimeError("DATABASE_URL is not set (scripts/run sets one up for you)")
+    if not app.config["DATABASE_URL"] and not from_cli:
+        raise config.ConfigError(config.MISSING_DATABASE_URL)
+    try:
+        config.check(app.config, cli=from_cli)
+    except config.ConfigError as exc:
+        if from_cli:
+            raise click.ClickException(str(exc)) from None
+        raise
 
     db.init_app(app)
+    security.init_app(app)  # first: its body check runs before anything reads the body
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"

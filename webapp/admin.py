@@ -1,8 +1,10 @@
 """Admin pages: balances, a user's ledger and manual adjustments, the Stripe webhook inbox,
 payments that were refused, and the ledger audit. Admins only (403 for everyone else).
 
-Every change goes through api.admin_adjust, which re-checks in PostgreSQL that the caller is an
-admin and records who made the adjustment and why.
+Once the signed-in user is known to be an admin, the request's transactions run as
+tokenbill_admin (SET LOCAL ROLE): the web role itself cannot adjust balances. Every change goes
+through api.admin_adjust_balance, which takes the acting admin from their live server-side
+session (never from an id the caller supplies) and records who made it and why.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from flask_login import current_user
 
 from .billing import money
 from .charts import bar_chart
-from .db import get_db
+from .db import ADMIN_ROLE, get_db, use_role
 from .extensions import login_manager
 from .history import KIND_LABELS, before_arg, ledger_page, page_arg, paginate
 
@@ -41,6 +43,7 @@ def require_admin() -> Any:
         return login_manager.unauthorized()
     if not current_user.is_admin:
         abort(403)
+    use_role(ADMIN_ROLE)
     return None
 
 
@@ -138,8 +141,8 @@ def adjust(user_id: str):
     if error is None:
         try:
             balance = get_db().fetch_one(
-                "select api.admin_adjust(%s, %s, %s, %s) as balance",
-                [current_user.id, target["id"], delta, reason],
+                "select api.admin_adjust_balance(%s, %s, %s, %s) as balance",
+                [current_user.session_hash, target["id"], delta, reason],
             )["balance"]  # type: ignore[index]
         except psycopg.Error as exc:
             if exc.sqlstate not in ("TB003", "TB005"):

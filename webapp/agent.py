@@ -1,23 +1,24 @@
 """The chat page and the metered agent endpoint ``POST /api/agent``.
 
-Order of a call: authenticate (key or session+CSRF) → per-user rate limit → charge the token
-and record the request in PostgreSQL (api.begin_agent_request) → run the agent with a time
-limit → store the reply, or mark the request failed and give the token back. The request id
-is the client's Idempotency-Key, so a retry returns the first call's outcome instead of paying
-twice.
+Order of a call: authenticate (key or session+CSRF) → per-user rate limit → reserve the call's
+most expensive price and record the request in PostgreSQL (api.begin_agent_request) → run the
+agent through ``webapp.metering.metered``, the one generator both the JSON and the streaming
+answer consume, which settles in PostgreSQL however the call ends. The request id is the
+client's Idempotency-Key, bound to a hash of the request body. Prices and charges are the
+database's; this module parses, calls, and renders what it was told.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
+import inspect
 import json
 import logging
+import math
 import re
-import threading
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -33,37 +34,32 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
-from .agents import ChatAgent, Turn, get_agent
+from .agents import ChatAgent, Turn, get_agent, price_key
 from .api_auth import api_login_required, api_user, resolve_api_user
 from .db import Database, get_db
 from .extensions import csrf, limiter
+from .metering import (
+    AgentCall,
+    Settlement,
+    bounded_history,
+    expire_stale_holds,
+    metered,
+    settle,
+)
 from .metrics import record_agent
 
 bp = Blueprint("agent", __name__)
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARS = 20000  # api.begin_agent_request enforces the same bound
-HISTORY_MESSAGES = 40
+DB_MAX_MESSAGE_CHARS = 20000  # api.begin_agent_request's hard bound; the setting may only lower it
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 NEED_TOKENS = "You need more tokens to use the agent"
-FAILED = "The agent failed to answer; your token was returned."
-TIMED_OUT = "The agent took too long to answer; your token was returned."
+FAILED = "The agent failed to answer; your tokens were returned."
+TIMED_OUT = "The agent took too long to answer; your tokens were returned."
+PARTIAL = "The agent stopped before finishing; you were charged for the part delivered."
 IN_PROGRESS = "This request is still being answered; retry in a moment."
-SWEEP_EVERY_SECONDS = 60.0
-
-_sweep_lock = threading.Lock()
-_last_sweep = 0.0
-
-
-@dataclass(frozen=True)
-class AgentCall:
-    """A validated request, charged and recorded before the agent starts."""
-
-    user_id: uuid.UUID
-    request_id: str
-    conversation_id: uuid.UUID
-    message: str
-    balance: int
+KEY_REUSED = "This Idempotency-Key was already used with a different request body."
+UNSAVED = "The reply could not be saved; retry with the same Idempotency-Key later."
 
 
 # ------------------------------------------------------------------------------------------
@@ -86,10 +82,21 @@ def _conversation_or_404(user_id: uuid.UUID, raw_id: str) -> dict[str, Any]:
 
 def _messages(user_id: uuid.UUID, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
     return get_db().fetch_all(
-        "select role, content, status, request_id, created_at from api.messages"
+        "select role, content, status, request_id, charged, created_at from api.messages"
         " where conversation_id = %s and user_id = %s order by id",
         [conversation_id, user_id],
     )
+
+
+def _price() -> dict[str, Any]:
+    """The price row of the configured agent (the '*' row when the agent cannot be built)."""
+    try:
+        key = price_key(get_agent(current_app._get_current_object()))  # type: ignore[attr-defined]
+    except Exception:  # a broken LLM setup fails requests, not the page
+        key = "*"
+    row = get_db().fetch_one("select * from api.agent_price(%s)", [key])
+    assert row is not None
+    return row
 
 
 @bp.get("/")
@@ -106,17 +113,20 @@ def chat():
     if request.args.get("c"):
         selected = _conversation_or_404(current_user.id, request.args["c"])
         messages = _messages(current_user.id, selected["id"])
+    price = _price()
     return render_template(
         "agent/chat.html",
         conversations=conversations,
         selected=selected,
         messages=messages,
-        token_cost=current_app.config["AGENT_TOKEN_COST"],
+        token_cost=price["max_per_call"],
+        price_label=price["label"],
+        max_message_chars=_max_message_chars(),
     )
 
 
 # ------------------------------------------------------------------------------------------
-# JSON API
+# Parsing and limits
 # ------------------------------------------------------------------------------------------
 def _agent_limit() -> str:
     return current_app.config["AGENT_RATE_LIMIT"]
@@ -128,6 +138,18 @@ def _rate_key() -> str:
     return f"agent-user:{user.id}" if user else f"agent-ip:{request.remote_addr}"
 
 
+def _max_message_chars() -> int:
+    return min(int(current_app.config["AGENT_MAX_MESSAGE_CHARS"]), DB_MAX_MESSAGE_CHARS)
+
+
+def _hold_seconds(timeout: float) -> int:
+    """How long a reservation lives before the expiry rule settles it: never shorter than a
+    call may run (+5 s), or a live call's hold could be settled under it."""
+    configured = int(current_app.config.get("AGENT_HOLD_SECONDS") or 0)
+    floor = math.ceil(timeout) + 5
+    return max(configured, floor) if configured > 0 else int(2 * timeout + 30)
+
+
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     """A JSON answer that always says how many tokens are left."""
     response = jsonify(body)
@@ -137,16 +159,27 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
     return response
 
 
+def request_hash(message: str, conversation_id: uuid.UUID | None) -> str:
+    """What an Idempotency-Key is bound to: the request's content, not how it is delivered."""
+    canonical = json.dumps(
+        {"message": message, "conversation_id": str(conversation_id) if conversation_id else None},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _parse_call() -> tuple[str, uuid.UUID | None, bool, str]:
-    """Validate the JSON body and Idempotency-Key; 400 with a reason otherwise."""
+    """Validate the JSON body and Idempotency-Key; 400 (413 when too long) with a reason."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         abort(400, "Send a JSON object with a message.")
     message = data.get("message")
     if not isinstance(message, str) or not message.strip():
         abort(400, "message must be a non-empty string.")
-    if len(message) > MAX_MESSAGE_CHARS:
-        abort(400, f"message must be at most {MAX_MESSAGE_CHARS} characters.")
+    limit = _max_message_chars()
+    if len(message) > limit:
+        abort(413, f"message must be at most {limit} characters.")
     conversation_id = None
     if data.get("conversation_id") is not None:
         try:
@@ -162,157 +195,77 @@ def _parse_call() -> tuple[str, uuid.UUID | None, bool, str]:
     return message, conversation_id, stream, request_id
 
 
-def _history(db: Database, call: AgentCall) -> list[Turn]:
-    """Earlier answered exchanges of the conversation, oldest first."""
-    rows = db.fetch_all(
-        """
-        select m.role, m.content from api.messages m
-         where m.conversation_id = %s and m.user_id = %s and m.request_id <> %s
-           and exists (select from api.messages a
-                        where a.user_id = m.user_id and a.request_id = m.request_id
-                          and a.role = 'assistant' and a.status = 'done')
-         order by m.id desc limit %s
-        """,
-        [call.conversation_id, call.user_id, call.request_id, HISTORY_MESSAGES],
-    )
-    return [Turn(row["role"], row["content"]) for row in reversed(rows)]
+# ------------------------------------------------------------------------------------------
+# Answers
+# ------------------------------------------------------------------------------------------
+def _ended(settled: Settlement) -> tuple[int, dict[str, Any]]:
+    """HTTP status and body fields for how a call ended."""
+    fields: dict[str, Any] = {"balance": settled.balance, "cost": settled.charged}
+    if settled.status == "done":
+        return 200, fields
+    if settled.status == "partial":
+        return 200, {**fields, "partial": True, "warning": PARTIAL}
+    if settled.status == "timeout":
+        return 504, {**fields, "error": TIMED_OUT}
+    return 502, {**fields, "error": FAILED}
 
 
-def _expire_stale_requests(db: Database, timeout: float) -> None:
-    """At most once a minute per worker: refund requests whose worker died mid-run.
-
-    A request still pending after twice the agent timeout can no longer be answered (its
-    process was killed), so its token goes back and a retry stops answering "in progress".
-    """
-    global _last_sweep
-    now = time.monotonic()
-    if now - _last_sweep < SWEEP_EVERY_SECONDS or not _sweep_lock.acquire(blocking=False):
-        return
-    try:
-        _last_sweep = now
-        row = db.fetch_one(
-            "select api.expire_agent_requests(make_interval(secs => %s)) as n", [2 * timeout + 30]
-        )
-        if row and row["n"]:
-            log.warning("expired %s agent request(s) left pending by a dead worker", row["n"])
-            record_agent("expired", row["n"])
-    except psycopg.Error as exc:  # housekeeping must never fail a user's request
-        log.warning("could not expire stale agent requests: %s", exc.sqlstate)
-    finally:
-        _sweep_lock.release()
-
-
-def _fail(db: Database, call: AgentCall, exc: BaseException, timed_out: bool) -> int:
-    """Record the failure and give the token back; returns the balance after the refund."""
-    record_agent("released")
-    log.warning(
-        "agent request %s of user %s %s: %s",
-        call.request_id,
-        call.user_id,
-        "timed out" if timed_out else "failed",
-        type(exc).__name__,
-    )
-    detail = "timed out" if timed_out else f"{type(exc).__name__}: {exc}"
-    row = db.fetch_one(
-        "select status, balance from api.fail_agent_request(%s, %s, %s, %s)",
-        [call.user_id, call.request_id, detail[:1000], timed_out],
-    )
-    return row["balance"]  # type: ignore[index]
-
-
-def _finish(db: Database, call: AgentCall, reply: str) -> int:
-    row = db.fetch_one(
-        "select balance from api.finish_agent_request(%s, %s, %s)",
-        [call.user_id, call.request_id, reply],
-    )
-    return row["balance"]  # type: ignore[index]
-
-
-async def _collect(agent: ChatAgent, history: Sequence[Turn], message: str) -> str:
-    return "".join([delta async for delta in agent.stream(history, message)])
-
-
-_END = object()
-
-
-async def _produce(
-    agent: ChatAgent, history: Sequence[Turn], message: str, queue: asyncio.Queue[object]
-) -> None:
-    """Feed the agent's deltas into ``queue``, then the end marker or the exception."""
-    try:
-        async for delta in agent.stream(history, message):
-            await queue.put(delta)
-    except Exception as exc:
-        await queue.put(exc)
-    else:
-        await queue.put(_END)
-
-
-def _answer(call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float) -> Response:
-    """Run the agent to completion and answer with the whole reply."""
-    db = get_db()
-    body: dict[str, Any] = {"request_id": call.request_id, "conversation_id": call.conversation_id}
-    try:
-        reply = asyncio.run(asyncio.wait_for(_collect(agent, history, call.message), timeout))
-    except TimeoutError as exc:
-        return _json({**body, "error": TIMED_OUT, "balance": _fail(db, call, exc, True)}, 504)
-    except Exception as exc:
-        return _json({**body, "error": FAILED, "balance": _fail(db, call, exc, False)}, 502)
-    balance = _finish(db, call, reply)
-    record_agent("served")
-    return _json({**body, "reply": reply, "balance": balance, "agent": agent.name})
+def _answer(
+    db: Database, call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float
+) -> Response:
+    """Run the agent to its end and answer with the whole reply (charged once computed)."""
+    body: dict[str, Any] = {
+        "request_id": call.request_id,
+        "conversation_id": call.conversation_id,
+        "price": call.price,
+    }
+    parts: list[str] = []
+    settled: Settlement | None = None
+    for item in metered(db, call, agent, history, timeout, streamed=False):
+        if isinstance(item, Settlement):
+            settled = item
+        elif item is not None:
+            parts.append(item)
+    if settled is None:
+        return _json({**body, "error": UNSAVED}, 503)
+    status, fields = _ended(settled)
+    if status == 200:
+        fields = {"reply": "".join(parts), **fields, "agent": agent.name}
+    return _json({**body, **fields}, status)
 
 
 def _line(payload: dict[str, Any]) -> str:
     return json.dumps(payload, default=str) + "\n"
 
 
-def _stream(call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float) -> Response:
-    """Answer as NDJSON: ``{"delta"}`` lines, then ``{"done"}`` or ``{"error"}`` with a balance."""
-    db = get_db()  # captured: the generator runs after the view has returned
+def _stream(
+    db: Database, call: AgentCall, agent: ChatAgent, history: list[Turn], timeout: float
+) -> Response:
+    """NDJSON: a header line, ``{"delta"}`` lines, then one end line with the balance and cost."""
 
     def generate() -> Iterator[str]:
-        loop = asyncio.new_event_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        # one task runs the whole agent stream: its context managers must enter and exit in
-        # the same task; this generator only waits on the queue, with the deadline
-        producer = loop.create_task(_produce(agent, history, call.message, queue))
-        deadline = loop.time() + timeout
-        parts: list[str] = []
+        inner = metered(db, call, agent, history, timeout, streamed=True)
         try:
-            yield _line({"conversation_id": call.conversation_id, "request_id": call.request_id})
-            while True:
-                remaining = max(0.0, deadline - loop.time())
-                item = loop.run_until_complete(asyncio.wait_for(queue.get(), remaining))
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                parts.append(str(item))
-                yield _line({"delta": item})
-        except TimeoutError as exc:
-            yield _line({"error": TIMED_OUT, "balance": _fail(db, call, exc, True)})
-            return
-        except Exception as exc:
-            yield _line({"error": FAILED, "balance": _fail(db, call, exc, False)})
-            return
-        except GeneratorExit as exc:
-            # the client went away mid-answer: it never got the reply, so it does not pay
-            _fail(db, call, exc, False)
-            raise
+            yield _line(
+                {
+                    "conversation_id": call.conversation_id,
+                    "request_id": call.request_id,
+                    "price": call.price,
+                }
+            )
+            for item in inner:
+                if isinstance(item, str):
+                    yield _line({"delta": item})
+                elif item is None:
+                    yield _line({"error": UNSAVED})
+                else:
+                    done = {"done": True, "agent": agent.name} if item.status == "done" else {}
+                    yield _line({**done, **_ended(item)[1]})
         finally:
-            producer.cancel()
-            loop.run_until_complete(asyncio.gather(producer, return_exceptions=True))
-            loop.close()
-        try:
-            balance = _finish(db, call, "".join(parts))
-        except psycopg.Error as exc:
-            # headers are long gone: report in-band (e.g. the request was expired meanwhile)
-            log.error("could not store reply of %s: %s", call.request_id, exc.sqlstate)
-            yield _line({"error": "The reply could not be saved; retry later."})
-            return
-        record_agent("served")
-        yield _line({"done": True, "balance": balance, "agent": agent.name})
+            if inspect.getgeneratorstate(inner) == inspect.GEN_CREATED:
+                # gone before the agent started: nothing was delivered
+                settle(db, call, "disconnected", [], "the client disconnected")
+            inner.close()
 
     response = Response(generate(), mimetype="application/x-ndjson")
     response.headers["X-Token-Balance"] = str(call.balance)
@@ -327,6 +280,8 @@ def _replay(row: dict[str, Any], request_id: str, stream: bool) -> Response:
         "request_id": request_id,
         "conversation_id": row["conversation_id"],
         "balance": row["balance"],
+        "price": row["price"],
+        "cost": row["charged"],
         "replayed": True,
     }
     if row["status"] == "pending":
@@ -335,16 +290,17 @@ def _replay(row: dict[str, Any], request_id: str, stream: bool) -> Response:
         return _json({**body, "error": TIMED_OUT}, 504)
     if row["status"] == "failed":
         return _json({**body, "error": FAILED}, 502)
+    partial = {"partial": True, "warning": PARTIAL} if row["status"] == "partial" else {}
     if stream:
         lines = [
             _line({"conversation_id": row["conversation_id"], "request_id": request_id}),
             _line({"delta": row["reply"]}),
-            _line({"done": True, "balance": row["balance"], "replayed": True}),
+            _line({**(partial or {"done": True}), **body}),
         ]
         response = Response(lines, mimetype="application/x-ndjson")
         response.headers["X-Token-Balance"] = str(row["balance"])
         return response
-    return _json({**body, "reply": row["reply"]})
+    return _json({**body, "reply": row["reply"], **partial})
 
 
 @bp.post("/api/agent")
@@ -352,37 +308,62 @@ def _replay(row: dict[str, Any], request_id: str, stream: bool) -> Response:
 @api_login_required
 @limiter.limit(_agent_limit, key_func=_rate_key)
 def api_agent():
-    """Charge a token, run the agent, answer with the reply and the remaining balance."""
+    """Reserve, run the agent, settle; answer with the reply, its cost and the balance."""
     message, conversation_id, stream, request_id = _parse_call()
     user = api_user()
-    cost = current_app.config["AGENT_TOKEN_COST"]
-    timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
-    _expire_stale_requests(get_db(), timeout)
-    row = get_db().fetch_one(
-        "select * from api.begin_agent_request(%s, %s, %s, %s, %s)",
-        [user.id, request_id, conversation_id, message, cost],
+    config = current_app.config
+    timeout = float(config["AGENT_TIMEOUT_SECONDS"])
+    db = get_db()
+    expire_stale_holds(db)
+    try:
+        agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
+    except Exception as exc:  # a broken LLM setup: refuse before reserving anything
+        log.error("agent unavailable: %s", type(exc).__name__)
+        return _json({"error": FAILED, "balance": user.balance}, 502)
+    row = db.fetch_one(
+        "select * from api.begin_agent_request(%s, %s, %s, %s, %s, %s, %s)",
+        [
+            user.id,
+            request_id,
+            conversation_id,
+            message,
+            price_key(agent),
+            request_hash(message, conversation_id),
+            _hold_seconds(timeout),
+        ],
     )
     assert row is not None
     if row["outcome"] == "insufficient_tokens":
         record_agent("insufficient_tokens")
         return _json(
-            {"error": NEED_TOKENS, "buy_url": url_for("billing.buy"), "balance": row["balance"]},
+            {
+                "error": NEED_TOKENS,
+                "buy_url": url_for("billing.buy"),
+                "balance": row["balance"],
+                "price": row["price"],
+            },
             402,
         )
+    if row["outcome"] == "mismatch":
+        record_agent("key_reused")
+        return _json({"error": KEY_REUSED, "balance": row["balance"]}, 422)
     if row["outcome"] == "replayed":
         record_agent("replayed")
         return _replay(row, request_id, stream)
 
-    call = AgentCall(user.id, request_id, row["conversation_id"], message, row["balance"])
-    db = get_db()
+    call = AgentCall(
+        user.id, request_id, row["conversation_id"], message, row["balance"], row["price"]
+    )
     try:
-        agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
-        history = _history(db, call)
-    except Exception as exc:
-        return _json({"error": FAILED, "balance": _fail(db, call, exc, False)}, 502)
+        history = bounded_history(db, call, int(config["AGENT_HISTORY_CHARS"]))
+    except psycopg.Error as exc:
+        settled = settle(db, call, "failed", [], f"history: {exc.sqlstate}")
+        fields = _ended(settled)[1] if settled else {"error": UNSAVED}
+        return _json({"request_id": request_id, **fields}, 502)
+    call = replace(call, input_chars=len(message) + sum(len(t.content) for t in history))
     if stream:
-        return _stream(call, agent, history, timeout)
-    return _answer(call, agent, history, timeout)
+        return _stream(db, call, agent, history, timeout)
+    return _answer(db, call, agent, history, timeout)
 
 
 @bp.get("/api/conversations/<conversation_id>")
@@ -396,7 +377,7 @@ def api_conversation(conversation_id: str):
         id=conversation["id"],
         title=conversation["title"],
         messages=[
-            {k: m[k] for k in ("role", "content", "status", "request_id", "created_at")}
+            {k: m[k] for k in ("role", "content", "status", "request_id", "charged", "created_at")}
             for m in messages
         ],
     )

@@ -1,35 +1,100 @@
-"""Register, log in, log out. Passwords are hashed with Argon2id (argon2-cffi)."""
+"""Register, log in, log out. Passwords are hashed with Argon2id (argon2-cffi).
+
+Login is limited per client address (AUTH_RATE_LIMIT, every attempt) and per account
+(LOGIN_ACCOUNT_RATE_LIMIT, failed attempts only), and an unknown email costs one Argon2
+verification like a known one, so timing does not tell which accounts exist.
+"""
 
 from __future__ import annotations
 
 import re
+import string
+from functools import cache
+from urllib.parse import urlsplit
 
 import psycopg
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerifyMismatchError
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from flask_login import login_required, login_user, logout_user
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user, login_required, login_user, logout_user
 
 from .db import get_db
 from .extensions import limiter
-from .users import load_user
+from .users import end_session, start_session
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 hasher = PasswordHasher()
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
+# Characters a browser may drop or reinterpret in a Location ("/\t/evil" becomes "//evil").
+_UNSAFE_REDIRECT_CHARS = frozenset(string.whitespace + "\\") | {chr(c) for c in range(32)}
 
 
 def _auth_limit() -> str:
     return current_app.config["AUTH_RATE_LIMIT"]
 
 
-def _safe_next(target: str | None) -> str:
-    """Only follow same-site relative redirects after login."""
-    if target and target.startswith("/") and not target.startswith("//"):
-        return target
-    return url_for("agent.chat")
+def _account_limit() -> str:
+    return current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"]
+
+
+def _login_account_key() -> str:
+    """The account a login attempt targets, as the per-account limiter key."""
+    return "login-account:" + request.form.get("email", "").strip().lower()
+
+
+def _failed(response: Response) -> bool:
+    return response.status_code == 401
+
+
+@cache
+def _dummy_hash() -> str:
+    """A real Argon2 hash to verify against when the account does not exist."""
+    return hasher.hash("tokenbill: no such account")
+
+
+def check_password(password_hash: str | None, password: str) -> bool:
+    """Verify with Argon2; with no hash, spend the same work and fail."""
+    try:
+        return hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def safe_next(target: str | None) -> str:
+    """A same-origin path to go to after login, else the chat page.
+
+    Only a plain absolute path survives: no scheme, no host, no "//" or backslash start, no
+    whitespace or control characters that a browser would strip into one.
+    """
+    fallback = url_for("agent.chat")
+    if not target or any(c in _UNSAFE_REDIRECT_CHARS for c in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return fallback
+    if parts.path.startswith("//"):
+        return fallback
+    return target
+
+
+def sign_in(user_id) -> None:  # type: ignore[no-untyped-def]
+    """Start a fresh server-side session: a new random token, so a planted cookie is useless."""
+    user = start_session(user_id)
+    if user is None:  # pragma: no cover - the account was just found
+        raise RuntimeError("account vanished during login")
+    login_user(user)
 
 
 @bp.route("/register", methods=["GET", "POST"])
@@ -54,7 +119,7 @@ def register():
                     raise
                 error = "An account with this email already exists."
             else:
-                login_user(load_user(user_id))  # type: ignore[arg-type]
+                sign_in(user_id)
                 flash("Welcome! Buy a token package to start using the agent.")
                 return redirect(url_for("agent.chat"), code=303)
         flash(error)
@@ -64,21 +129,16 @@ def register():
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(_auth_limit, methods=["POST"])
+@limiter.limit(_account_limit, key_func=_login_account_key, methods=["POST"], deduct_when=_failed)
 def login():
     """Check the password against the stored Argon2 hash and start a session."""
     if request.method == "POST":
         email = request.form.get("email", "").strip().lower()
         password = request.form.get("password", "")
         row = get_db().fetch_one("select * from api.user_credentials(%s)", [email])
-        valid = False
-        if row is not None:
-            try:
-                valid = hasher.verify(row["password_hash"], password)
-            except (VerifyMismatchError, InvalidHashError):
-                valid = False
-        if valid:
-            login_user(load_user(row["id"]))  # type: ignore[arg-type, index]
-            return redirect(_safe_next(request.args.get("next")), code=303)
+        if check_password(row["password_hash"] if row else None, password):
+            sign_in(row["id"])  # type: ignore[index]
+            return redirect(safe_next(request.args.get("next")), code=303)
         flash("Incorrect email or password.")
         return render_template("auth/login.html", email=email), 401
     return render_template("auth/login.html")
@@ -87,5 +147,8 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    """End the session in PostgreSQL too: a copy of the cookie is dead from now on."""
+    end_session(current_user._get_current_object())  # type: ignore[attr-defined]
     logout_user()
+    session.clear()
     return redirect(url_for("auth.login"), code=303)

@@ -7,6 +7,7 @@ whichever of the success page, the webhook or reconciliation gets there first.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -26,8 +27,9 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
-from .db import Row, get_db
+from .db import Row, get_db, get_webhook_db
 from .errors import error_response
+from .extensions import limiter
 from .stripe_gateway import fulfil_session, get_client, grant_verdict, retrieve_session
 from .users import load_user
 
@@ -129,7 +131,18 @@ def buy():
     return response
 
 
+def _checkout_limit() -> str:
+    return current_app.config["CHECKOUT_RATE_LIMIT"]
+
+
+def _checkout_key() -> str:
+    """Per account: every Checkout Session costs a Stripe API call and a database row."""
+    user_id = getattr(current_user, "id", None)
+    return f"checkout:{user_id}" if user_id else f"checkout-ip:{request.remote_addr}"
+
+
 @bp.post("/checkout")
+@limiter.limit(_checkout_limit, key_func=_checkout_key)
 @login_required
 def checkout():
     """Create a Checkout Session for a package and send the browser to Stripe."""
@@ -176,7 +189,8 @@ def success():
     except stripe.StripeError as exc:
         return stripe_failure("retrieving a checkout session", exc)
 
-    with get_db().connection() as conn:
+    # Applying a Stripe object is the webhook role's right alone, even on the success page.
+    with get_webhook_db().connection() as conn:
         result = fulfil_session(conn, session_json, current_user.id)
     _refresh_current_user()
     return render_template("billing/success.html", result=result, verdict=grant_verdict(result))
@@ -193,4 +207,5 @@ def _refresh_current_user() -> None:
     """Reload the user so the header shows the balance after this request's grant."""
     user = load_user(current_user.id)
     if user is not None:
+        user = dataclasses.replace(user, session_token=current_user.session_token)
         current_app.login_manager._update_request_context_with_user(user)  # type: ignore[attr-defined]

@@ -1,6 +1,9 @@
-"""Settings, read once from the environment (and `.env` via python-dotenv).
+"""Settings, read once from the environment (and `.env` via python-dotenv), and the checks
+that keep development defaults out of production.
 
 Every variable is listed with a comment in `.env.example`. Secrets are never logged.
+TOKENBILL_ENV is ``production`` unless set to ``development`` (scripts/run, compose, tests),
+so a forgotten setting fails closed.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -20,23 +24,46 @@ def _flag(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+class ConfigError(RuntimeError):
+    """A setting that must not reach a running app; the message is one line for operators."""
+
+
+MISSING_DATABASE_URL = (
+    "DATABASE_URL is not set: run `bash scripts/run` once (it writes its embedded database's"
+    " URL to .env) or set it in the environment"
+)
+
+
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+
+
+# Values published in this repository (compose, docs, the emulator): never secrets.
+KNOWN_SECRET_KEYS = frozenset(
+    {"compose-dev-only-secret-key-change-me", "change-me", "changeme", "secret", "dev", "test"}
+)
+EMULATOR_WEBHOOK_SECRET = "whsec_emulator_local"
+EMULATOR_STRIPE_KEY = "sk_test_emulator"
+MIN_SECRET_KEY_LENGTH = 32
 
 
 def from_env() -> dict[str, Any]:
     """Build the Flask config mapping from environment variables."""
-    secret_key = os.environ.get("SECRET_KEY")
-    if not secret_key:
-        # Fine for a laptop; sessions do not survive a restart. Production must set it.
-        log.warning("SECRET_KEY is not set: using a random key for this process")
-        secret_key = secrets.token_urlsafe(32)
     stripe_key = os.environ.get("STRIPE_SECRET_KEY", "")
     return {
-        "SECRET_KEY": secret_key,
+        "TOKENBILL_ENV": os.environ.get("TOKENBILL_ENV", "production").strip().lower(),
+        "SECRET_KEY": os.environ.get("SECRET_KEY", ""),
         "DATABASE_URL": os.environ.get("DATABASE_URL", ""),
         "DATABASE_ROLE": os.environ.get("DATABASE_ROLE", "tokenbill_app"),
+        "WEBHOOK_DATABASE_URL": os.environ.get("WEBHOOK_DATABASE_URL", ""),
+        "WEBHOOK_DATABASE_ROLE": "tokenbill_webhook",
+        "ADMIN_DATABASE_ROLE": "tokenbill_admin",
         "DATABASE_POOL_MAX": _int("DATABASE_POOL_MAX", 10),
         "STRIPE_SECRET_KEY": stripe_key,
         "STRIPE_WEBHOOK_SECRET": os.environ.get("STRIPE_WEBHOOK_SECRET", ""),
@@ -45,11 +72,30 @@ def from_env() -> dict[str, Any]:
         "WEBHOOK_DB_TIMEOUT_SECONDS": float(os.environ.get("WEBHOOK_DB_TIMEOUT_SECONDS") or 10),
         "PAYMENTS_SIMULATED": _flag("PAYMENTS_SIMULATED", default=False),
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", "").rstrip("/"),
-        "AGENT_TOKEN_COST": _int("AGENT_TOKEN_COST", 1),
-        "AGENT_RATE_LIMIT": os.environ.get("AGENT_RATE_LIMIT", "5 per minute"),
+        # prices live in the database (tokenbill.prices); these bound what one call may cost us
+        "AGENT_MAX_TOKENS": _int("AGENT_MAX_TOKENS", 1024),
+        "AGENT_HISTORY_CHARS": _int("AGENT_HISTORY_CHARS", 24000),
+        "AGENT_MAX_MESSAGE_CHARS": _int("AGENT_MAX_MESSAGE_CHARS", 20000),
+        "AGENT_HOLD_SECONDS": _int("AGENT_HOLD_SECONDS", 0),
+        # The buyer pays per message: the limit protects the service from floods, not the
+        # price, so it must not get in the way of a person chatting (or a script with a key).
+        "AGENT_RATE_LIMIT": os.environ.get("AGENT_RATE_LIMIT", "60 per minute"),
         "AGENT_TIMEOUT_SECONDS": _int("AGENT_TIMEOUT_SECONDS", 60),
         "AUTH_RATE_LIMIT": os.environ.get("AUTH_RATE_LIMIT", "10 per minute"),
+        "LOGIN_ACCOUNT_RATE_LIMIT": os.environ.get(
+            "LOGIN_ACCOUNT_RATE_LIMIT", "5 per minute;20 per hour"
+        ),
+        "CHECKOUT_RATE_LIMIT": os.environ.get("CHECKOUT_RATE_LIMIT", "10 per minute;30 per hour"),
+        # Bodies: forms and agent messages are small; Stripe events stay under 512 KB.
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 128 * 1024),
+        "WEBHOOK_MAX_CONTENT_LENGTH": 512 * 1024,
+        # memory:// counts per process: with several gunicorn workers every limit would be
+        # multiplied by their number, so those need shared storage (redis://host:6379/0).
         "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI", "memory://"),
+        # Exact: never more than N requests in any window, not 2N across a window boundary.
+        "RATELIMIT_STRATEGY": "moving-window",
+        # Redis down: keep limiting in each worker's memory (and serve) until it is back.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "LLM_BASE_URL": os.environ.get("LLM_BASE_URL", ""),
         "LLM_API_KEY": os.environ.get("LLM_API_KEY", ""),
         "LLM_MODEL": os.environ.get("LLM_MODEL", ""),
@@ -60,3 +106,60 @@ def from_env() -> dict[str, Any]:
         "SESSION_COOKIE_SAMESITE": "Lax",
         "WTF_CSRF_TIME_LIMIT": None,
     }
+
+
+def is_development(config: Mapping[str, Any]) -> bool:
+    return config.get("TOKENBILL_ENV") == "development"
+
+
+def check(config: dict[str, Any], cli: bool = False) -> None:
+    """Refuse settings that must never run, with one line saying which and why.
+
+    In development a missing SECRET_KEY becomes a random per-process key and the webhook pool
+    defaults to DATABASE_URL; elsewhere both must be set explicitly. ``cli``: an operator
+    command signs no sessions and applies no Stripe events (it connects as the owner), so it needs
+    neither SECRET_KEY nor WEBHOOK_DATABASE_URL.
+    """
+    env = config.get("TOKENBILL_ENV")
+    if env not in ("development", "production"):
+        raise ConfigError(f"TOKENBILL_ENV must be 'development' or 'production', not {env!r}")
+    dev = is_development(config)
+    key = config.get("SECRET_KEY") or ""
+    if not key and cli:
+        config["SECRET_KEY"] = secrets.token_urlsafe(32)
+    elif not key:
+        if not dev:
+            raise ConfigError(
+                "SECRET_KEY is not set: every worker would sign sessions with its own key"
+            )
+        log.warning("SECRET_KEY is not set: using a random key for this process")
+        config["SECRET_KEY"] = secrets.token_urlsafe(32)
+    elif not dev and (key in KNOWN_SECRET_KEYS or len(key) < MIN_SECRET_KEY_LENGTH):
+        raise ConfigError(
+            f"SECRET_KEY is a published default or shorter than {MIN_SECRET_KEY_LENGTH}"
+            " characters: set a long random one"
+        )
+    if not config.get("WEBHOOK_DATABASE_URL") and not (dev or cli):
+        raise ConfigError(
+            "WEBHOOK_DATABASE_URL is not set: Stripe events need their own login (docs/security.md)"
+        )
+    stripe_key = config.get("STRIPE_SECRET_KEY") or ""
+    webhook_secret = config.get("STRIPE_WEBHOOK_SECRET") or ""
+    if webhook_secret == EMULATOR_WEBHOOK_SECRET and stripe_key != EMULATOR_STRIPE_KEY:
+        raise ConfigError(
+            "STRIPE_WEBHOOK_SECRET is the emulator's published secret but the Stripe key is not"
+            " the emulator's: anyone could sign events"
+        )
+    if stripe_key.startswith("sk_live_") or stripe_key.startswith("rk_live_"):
+        if config.get("STRIPE_API_BASE"):
+            raise ConfigError("a live Stripe key must not be sent to STRIPE_API_BASE")
+        if config.get("PAYMENTS_SIMULATED"):
+            raise ConfigError("a live Stripe key cannot be used with PAYMENTS_SIMULATED")
+
+
+def stripe_livemode(config: Mapping[str, Any]) -> bool | None:
+    """The mode of the configured key (None without a key): events must match it."""
+    key = config.get("STRIPE_SECRET_KEY") or ""
+    if not key:
+        return None
+    return "_live_" in key

@@ -1,7 +1,12 @@
-"""The connection pool, and the one way views talk to PostgreSQL.
+"""The connection pools, and the one way views talk to PostgreSQL.
 
-Every connection runs ``SET ROLE`` to DATABASE_ROLE (``tokenbill_app``) so the app holds only
-EXECUTE on api functions and SELECT on api views, whatever login the URL uses.
+Every connection runs ``SET ROLE`` to its pool's role, so a view holds only the functions that
+role may execute, whatever login the URL uses (docs/security.md):
+
+* ``get_db()`` — DATABASE_URL acting as ``tokenbill_app``; admin pages switch a transaction to
+  ``tokenbill_admin`` with ``SET LOCAL ROLE`` (``admin_role()``) after checking the user.
+* ``get_webhook_db()`` — WEBHOOK_DATABASE_URL acting as ``tokenbill_webhook``, the only role
+  that applies Stripe objects (the webhook, the success page's fulfilment).
 """
 
 from __future__ import annotations
@@ -11,13 +16,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from flask import Flask, current_app
+from flask import Flask, current_app, g, has_request_context
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from .config import MISSING_DATABASE_URL, ConfigError
+
 EXTENSION_KEY = "tokenbill_db"
+WEBHOOK_EXTENSION_KEY = "tokenbill_webhook_db"
 APP_ROLE = "tokenbill_app"
+WEBHOOK_ROLE = "tokenbill_webhook"
+ADMIN_ROLE = "tokenbill_admin"
 
 Row = dict[str, Any]
 
@@ -42,8 +52,17 @@ def connect_as(url: str, role: str | None = APP_ROLE, **kwargs: Any) -> psycopg.
 class Database:
     """A psycopg pool with small helpers returning dict rows."""
 
-    def __init__(self, url: str, role: str | None, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        role: str | None,
+        max_size: int = 10,
+        name: str = "tokenbill",
+        request_roles: bool = False,
+    ) -> None:
+        self.url = url
         self.role = role or None
+        self.request_roles = request_roles  # honour use_role(); only the web login may switch
         self.pool = ConnectionPool(
             url,
             open=False,
@@ -53,7 +72,7 @@ class Database:
             kwargs={"row_factory": dict_row},
             configure=self._configure,
             check=ConnectionPool.check_connection,
-            name="tokenbill",
+            name=name,
         )
 
     def _configure(self, conn: psycopg.Connection) -> None:
@@ -61,15 +80,26 @@ class Database:
         conn.commit()
 
     def open(self) -> None:
+        if not self.url:
+            # Only `flask` commands load the app without a URL; one that serves must not
+            # quietly try libpq's defaults (a local socket, some other cluster).
+            raise ConfigError(MISSING_DATABASE_URL)
         self.pool.open(wait=False)
 
     def close(self) -> None:
         self.pool.close()
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Row]]:
-        """A pooled connection; commits on success, rolls back on error."""
-        with self.pool.connection() as conn:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection; commits on success, rolls back on error.
+
+        Inside a request that chose a narrower role (``use_role``), the transaction runs as
+        that role (``SET LOCAL``: it ends with the transaction, the pool's role comes back).
+        """
+        with self.pool.connection(timeout=timeout) as conn:
+            role = g.get("db_local_role") if self.request_roles and has_request_context() else None
+            if role:
+                conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
             yield conn  # type: ignore[misc]
 
     def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
@@ -82,13 +112,46 @@ class Database:
 
 
 def init_app(app: Flask) -> None:
-    """Create the pool for this app; it opens in the background so start-up never blocks."""
+    """Create the pools for this app; they open on first use, so an operator command (which
+    never uses them) does not start connecting, and start-up never blocks."""
+    config = app.config
     database = Database(
-        app.config["DATABASE_URL"], app.config["DATABASE_ROLE"], app.config["DATABASE_POOL_MAX"]
+        config["DATABASE_URL"],
+        config["DATABASE_ROLE"],
+        config["DATABASE_POOL_MAX"],
+        request_roles=True,
     )
-    database.open()
+    webhook = Database(
+        config["WEBHOOK_DATABASE_URL"] or config["DATABASE_URL"],
+        config["WEBHOOK_DATABASE_ROLE"],
+        config["DATABASE_POOL_MAX"],
+        name="tokenbill-webhook",
+    )
     app.extensions[EXTENSION_KEY] = database
+    app.extensions[WEBHOOK_EXTENSION_KEY] = webhook
+
+
+def close_app(app: Flask) -> None:
+    """Close the app's pools (tests and scripts that build many apps)."""
+    for key in (EXTENSION_KEY, WEBHOOK_EXTENSION_KEY):
+        database = app.extensions.get(key)
+        if database is not None:
+            database.close()
+
+
+def use_role(role: str) -> None:
+    """Run this request's transactions on get_db() as ``role`` (the login must be a member)."""
+    g.db_local_role = role
 
 
 def get_db() -> Database:
-    return current_app.extensions[EXTENSION_KEY]
+    database: Database = current_app.extensions[EXTENSION_KEY]
+    database.open()  # idempotent (and locked) in psycopg_pool; connects in the background
+    return database
+
+
+def get_webhook_db() -> Database:
+    """The pool acting as tokenbill_webhook: the only one that may apply Stripe objects."""
+    database: Database = current_app.extensions[WEBHOOK_EXTENSION_KEY]
+    database.open()
+    return database

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, render_template, request
 from flask_login import current_user, login_required
 
 from .db import get_db
@@ -24,15 +24,28 @@ KIND_LABELS = {
     "purchase": "Purchase",
     "consumption": "Agent request",
     "consumption_refund": "Failed request refunded",
+    "reserve": "Agent request (price reserved)",
+    "settle": "Settled: charged, unused reservation returned",
+    "release": "Nothing delivered: reservation returned",
     "clawback": "Taken back (refund or dispute)",
     "clawback_reversal": "Given back (dispute won)",
     "admin_adjustment": "Adjustment by support",
 }
 
 
+MAX_PAGE = 100_000  # far beyond any real history; keeps OFFSET inside bigint
+MAX_CURSOR = 2**63 - 1  # ledger ids are bigint
+
+
 def page_arg(name: str) -> int:
-    """A 1-based page number from the query string; junk and values below 1 mean page 1."""
-    return max(1, request.args.get(name, 1, type=int) or 1)
+    """A 1-based page number from the query string; junk and values below 1 mean page 1.
+
+    A number too large to be a page is a client mistake: 404, never a database error.
+    """
+    page = max(1, request.args.get(name, 1, type=int) or 1)
+    if page > MAX_PAGE:
+        abort(404, "No such page.")
+    return page
 
 
 def paginate(query: str, params: list[Any], page: int, size: int = PAGE_SIZE):
@@ -44,6 +57,8 @@ def paginate(query: str, params: list[Any], page: int, size: int = PAGE_SIZE):
 def before_arg(name: str = "before") -> int | None:
     """A ledger id cursor from the query string; junk or absent means the newest page."""
     value = request.args.get(name, type=int)
+    if value is not None and value > MAX_CURSOR:
+        abort(400, f"{name} is not a ledger id.")
     return value if value is not None and value > 0 else None
 
 

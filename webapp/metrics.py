@@ -52,7 +52,8 @@ WEBHOOK_DELIVERIES = Counter(
 )
 AGENT_REQUESTS = Counter(
     "tokenbill_agent_requests_total",
-    "Agent requests by result (served, insufficient_tokens, replayed, released, expired);"
+    "Agent requests by result (served, partial, insufficient_tokens, replayed, key_reused,"
+    " released, expired);"
     " rate-limited calls are tokenbill_http_requests_total{endpoint=agent.api_agent,status=429}.",
     ["result"],
 )

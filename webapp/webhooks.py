@@ -14,7 +14,8 @@ import stripe
 from flask import Blueprint, current_app, jsonify, request
 from psycopg_pool import PoolTimeout
 
-from .db import get_db
+from .config import stripe_livemode
+from .db import get_webhook_db
 from .extensions import csrf, limiter
 from .metrics import record_webhook
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 FAILURE_RECORD_TIMEOUT_SECONDS = 2.0
 # Errors caused by the event itself: retrying the same body cannot help.
 PAYLOAD_SQLSTATES = {"TB003"}
-HANDLE_EVENT = "select * from api.handle_stripe_event(%s::jsonb)"
+HANDLE_EVENT = "select * from api.handle_stripe_event(%s::jsonb, %s)"
 
 
 def _reply(status: int, **body: object):
@@ -53,7 +54,7 @@ def stripe_webhook():
         log.warning("stripe webhook with an invalid signature: %s", exc.user_message or exc)
         record_webhook("unknown", "bad_request")
         return _reply(400, error="invalid signature")
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         # Verified bytes that are not a JSON object (UnicodeDecodeError is a ValueError).
         log.warning("stripe webhook with a malformed payload (%d bytes)", len(payload))
         record_webhook("unknown", "bad_request")
@@ -63,9 +64,10 @@ def stripe_webhook():
     event_id = getattr(evt, "id", None)
     event_type = str(getattr(evt, "type", None) or "unknown")
     timeout = float(current_app.config["WEBHOOK_DB_TIMEOUT_SECONDS"])
+    livemode = stripe_livemode(current_app.config)
     try:
-        with get_db().pool.connection(timeout=timeout) as conn:
-            row = conn.execute(HANDLE_EVENT, [body]).fetchone()
+        with get_webhook_db().connection(timeout=timeout) as conn:
+            row = conn.execute(HANDLE_EVENT, [body, livemode]).fetchone()
     except psycopg.Error as exc:
         if exc.sqlstate in PAYLOAD_SQLSTATES or isinstance(exc, psycopg.errors.DataError):
             log.warning("stripe event %s refused by the database: %s", event_id, exc)
@@ -88,7 +90,7 @@ def _failed(body: str, event_id: object, exc: Exception):
     error = f"{type(exc).__name__}: {exc}"
     log.error("stripe event %s not handled, Stripe will retry: %s", event_id, error)
     try:
-        with get_db().pool.connection(timeout=FAILURE_RECORD_TIMEOUT_SECONDS) as conn:
+        with get_webhook_db().connection(timeout=FAILURE_RECORD_TIMEOUT_SECONDS) as conn:
             conn.execute("select api.record_stripe_event_failure(%s::jsonb, %s)", [body, error])
     except (psycopg.Error, PoolTimeout) as record_exc:
         log.warning("could not record the failure of event %s: %s", event_id, record_exc)

@@ -133,6 +133,8 @@
 
     const answer = addMessage("assistant", "");
     let failed = false;
+    let warning = "";
+    let cost = null;
     await readLines(response, function (line) {
       if (line.conversation_id) rememberConversation(line.conversation_id, text);
       if (typeof line.delta === "string") answer.textContent += line.delta;
@@ -141,9 +143,18 @@
         answer.parentElement.classList.add("failed");
         answer.textContent = line.error;
       }
+      if (line.warning) warning = line.warning;  // stopped after part of the reply: charged
+      if (typeof line.cost === "number") cost = line.cost;
       if (typeof line.balance === "number") setBalance(line.balance);
     });
-    statusLine.textContent = failed ? "The agent did not answer; your token was returned." : "";
+    statusLine.textContent = failed ? "The agent did not answer; your tokens were returned." : warning;
+    if (!failed && cost !== null) {
+      // what this message cost, as the server settled it (the page shows the same on reload)
+      const note = document.createElement("span");
+      note.className = "muted cost";
+      note.textContent = " · cost " + cost + " token" + (cost === 1 ? "" : "s");
+      answer.append(note);
+    }
     return failed ? "failed" : "answered";
   }
 

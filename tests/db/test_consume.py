@@ -1,4 +1,9 @@
-"""api.consume / api.release: atomic, never overdrawn, idempotent per request id."""
+"""api.consume / api.release: atomic, never overdrawn, idempotent per request id.
+
+Since 0014 the agent path reserves and settles holds instead, and the web app's role may no
+longer call these: they are the ledger primitives left to operators and benchmarks, so these
+tests call them as the database owner.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests.conftest import audit, balance_of, connect_as_app
+from tests.conftest import audit, balance_of, connect_owner
 
 
 def _drain(database_url: str, jobs: list[tuple[uuid.UUID, str, int]], threads: int):
@@ -21,7 +26,7 @@ def _drain(database_url: str, jobs: list[tuple[uuid.UUID, str, int]], threads: i
     results: list[tuple[str, int, bool]] = []
 
     def worker() -> None:
-        with connect_as_app(database_url) as conn:
+        with connect_owner(database_url) as conn:
             while True:
                 with lock:
                     if not pending:
@@ -89,54 +94,54 @@ def test_same_request_id_from_10_threads_charges_once(database_url, owner, make_
     assert n == 1
 
 
-def test_replay_returns_the_first_result(app_conn, make_user):
+def test_replay_returns_the_first_result(owner, make_user):
     user = make_user(balance=3)
-    first = app_conn.execute("select * from api.consume(%s, 'r1', 2)", [user]).fetchone()
-    again = app_conn.execute("select * from api.consume(%s, 'r1', 2)", [user]).fetchone()
+    first = owner.execute("select * from api.consume(%s, 'r1', 2)", [user]).fetchone()
+    again = owner.execute("select * from api.consume(%s, 'r1', 2)", [user]).fetchone()
     assert first == {"ok": True, "balance": 1, "reason": None}
     assert again == {"ok": True, "balance": 1, "reason": "replayed"}
 
 
-def test_request_ids_are_per_user(app_conn, make_user):
+def test_request_ids_are_per_user(owner, make_user):
     alice, bob = make_user(balance=1), make_user(balance=1)
-    a = app_conn.execute("select * from api.consume(%s, 'shared-id')", [alice]).fetchone()
-    b = app_conn.execute("select * from api.consume(%s, 'shared-id')", [bob]).fetchone()
+    a = owner.execute("select * from api.consume(%s, 'shared-id')", [alice]).fetchone()
+    b = owner.execute("select * from api.consume(%s, 'shared-id')", [bob]).fetchone()
     assert a["reason"] is None and b["reason"] is None
-    assert balance_of(app_conn, alice) == balance_of(app_conn, bob) == 0
+    assert balance_of(owner, alice) == balance_of(owner, bob) == 0
 
 
-def test_insufficient_balance_is_refused_and_charges_nothing(app_conn, make_user):
+def test_insufficient_balance_is_refused_and_charges_nothing(owner, make_user):
     user = make_user(balance=2)
-    row = app_conn.execute("select * from api.consume(%s, 'big', 3)", [user]).fetchone()
+    row = owner.execute("select * from api.consume(%s, 'big', 3)", [user]).fetchone()
     assert row == {"ok": False, "balance": 2, "reason": "insufficient_tokens"}
-    assert balance_of(app_conn, user) == 2
+    assert balance_of(owner, user) == 2
     # a refused request can be retried once the user has tokens
-    ok = app_conn.execute("select * from api.consume(%s, 'big', 2)", [user]).fetchone()
+    ok = owner.execute("select * from api.consume(%s, 'big', 2)", [user]).fetchone()
     assert ok["ok"] is True and ok["balance"] == 0
 
 
 @pytest.mark.parametrize(
     ("request_id", "cost"), [(None, 1), ("", 1), ("x" * 201, 1), ("ok", 0), ("ok", -1)]
 )
-def test_bad_arguments_raise_tb003(app_conn, make_user, request_id, cost):
+def test_bad_arguments_raise_tb003(owner, make_user, request_id, cost):
     user = make_user(balance=5)
     with pytest.raises(psycopg.Error) as info:
-        app_conn.execute("select * from api.consume(%s, %s, %s)", [user, request_id, cost])
+        owner.execute("select * from api.consume(%s, %s, %s)", [user, request_id, cost])
     assert info.value.sqlstate == "TB003"
 
 
-def test_unknown_user_raises_tb002(app_conn):
+def test_unknown_user_raises_tb002(owner):
     with pytest.raises(psycopg.Error) as info:
-        app_conn.execute("select * from api.consume(%s, 'r')", [uuid.uuid4()])
+        owner.execute("select * from api.consume(%s, 'r')", [uuid.uuid4()])
     assert info.value.sqlstate == "TB002"
 
 
-def test_release_gives_tokens_back_once(app_conn, owner, make_user: Callable[..., uuid.UUID]):
+def test_release_gives_tokens_back_once(owner, make_user: Callable[..., uuid.UUID]):
     user = make_user(balance=3)
-    app_conn.execute("select * from api.consume(%s, 'agent-fail', 2)", [user])
-    first = app_conn.execute("select * from api.release(%s, 'agent-fail')", [user]).fetchone()
-    second = app_conn.execute("select * from api.release(%s, 'agent-fail')", [user]).fetchone()
-    missing = app_conn.execute("select * from api.release(%s, 'never')", [user]).fetchone()
+    owner.execute("select * from api.consume(%s, 'agent-fail', 2)", [user])
+    first = owner.execute("select * from api.release(%s, 'agent-fail')", [user]).fetchone()
+    second = owner.execute("select * from api.release(%s, 'agent-fail')", [user]).fetchone()
+    missing = owner.execute("select * from api.release(%s, 'never')", [user]).fetchone()
 
     assert first == {"status": "released", "balance": 3}
     assert second == {"status": "already_released", "balance": 3}
@@ -155,11 +160,11 @@ def test_release_gives_tokens_back_once(app_conn, owner, make_user: Callable[...
 
 def test_concurrent_release_refunds_once(database_url, owner, make_user):
     user = make_user(balance=1)
-    with connect_as_app(database_url) as conn:
+    with connect_owner(database_url) as conn:
         conn.execute("select * from api.consume(%s, 'rel')", [user])
 
     def release() -> str:
-        with connect_as_app(database_url) as conn:
+        with connect_owner(database_url) as conn:
             return conn.execute("select status from api.release(%s, 'rel')", [user]).fetchone()[
                 "status"
             ]
@@ -168,3 +173,11 @@ def test_concurrent_release_refunds_once(database_url, owner, make_user):
         statuses = list(pool.map(lambda _: release(), range(10)))
     assert statuses.count("released") == 1
     assert balance_of(owner, user) == 1
+
+
+def test_the_app_role_may_no_longer_call_them(app_conn, make_user):
+    user = make_user(balance=1)
+    for statement in ("select api.consume(%s, 'x')", "select api.release(%s, 'x')"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app_conn.execute(statement, [user])
+    assert balance_of(app_conn, user) == 1

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from tests.conftest import audit, balance_of, connect_as_app
+from tests.conftest import audit, balance_of, connect_owner
 
 GRANT = "select * from api.grant_for_payment(%s, %s, %s, %s, %s)"
 
@@ -21,7 +21,7 @@ def test_grant_20_times_concurrently_credits_once(database_url, owner, make_user
     user, intent = make_user(), pi()
 
     def grant(_: int) -> str:
-        with connect_as_app(database_url) as conn:
+        with connect_owner(database_url) as conn:
             return conn.execute(GRANT, [intent, str(user), "tokens_250", 1000, "usd"]).fetchone()[
                 "status"
             ]
@@ -34,9 +34,9 @@ def test_grant_20_times_concurrently_credits_once(database_url, owner, make_user
     assert audit(owner) == []
 
 
-def test_tokens_come_from_the_package_table(app_conn, make_user):
+def test_tokens_come_from_the_package_table(owner, make_user):
     user = make_user()
-    row = app_conn.execute(GRANT, [pi(), str(user), "tokens_600", 2000, "USD"]).fetchone()
+    row = owner.execute(GRANT, [pi(), str(user), "tokens_600", 2000, "USD"]).fetchone()
     assert row == {"status": "granted", "tokens": 600, "balance": 600, "reason": None}
 
 
@@ -53,38 +53,36 @@ def test_tokens_come_from_the_package_table(app_conn, make_user):
     ],
 )
 def test_bad_payments_are_rejected_and_recorded(
-    app_conn, make_user, user, package, amount, currency, reason
+    owner, make_user, user, package, amount, currency, reason
 ):
     me = make_user()
     user_arg = {"self": str(me), "unknown": str(uuid.uuid4())}.get(user, user)
     intent = pi()
-    row = app_conn.execute(GRANT, [intent, user_arg, package, amount, currency]).fetchone()
+    row = owner.execute(GRANT, [intent, user_arg, package, amount, currency]).fetchone()
     assert row["status"] == "rejected"
     assert reason in row["reason"]
-    assert balance_of(app_conn, me) == 0
-    stored = app_conn.execute(
+    assert balance_of(owner, me) == 0
+    stored = owner.execute(
         "select status, reason from api.purchases where payment_intent_id = %s", [intent]
     ).fetchone()
     assert stored["status"] == "rejected" and reason in stored["reason"]
 
 
-def test_payment_must_match_the_recorded_checkout_session(app_conn, make_user):
+def test_payment_must_match_the_recorded_checkout_session(owner, make_user):
     alice, mallory = make_user(), make_user()
-    app_conn.execute(
-        "select api.record_checkout_session('cs_test_match', %s, 'tokens_100')", [alice]
-    )
-    row = app_conn.execute(
+    owner.execute("select api.record_checkout_session('cs_test_match', %s, 'tokens_100')", [alice])
+    row = owner.execute(
         "select * from api.grant_for_payment(%s, %s, 'tokens_100', 500, 'usd', 'cs_test_match')",
         [pi(), str(mallory)],
     ).fetchone()
     assert row["status"] == "rejected" and "does not match checkout session" in row["reason"]
-    assert balance_of(app_conn, mallory) == 0
+    assert balance_of(owner, mallory) == 0
 
 
-def test_a_rejected_payment_can_still_be_granted_by_a_correct_event(app_conn, make_user):
+def test_a_rejected_payment_can_still_be_granted_by_a_correct_event(owner, make_user):
     user, intent = make_user(), pi()
-    app_conn.execute(GRANT, [intent, str(user), "tokens_100", None, "usd"])
-    row = app_conn.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"]).fetchone()
+    owner.execute(GRANT, [intent, str(user), "tokens_100", None, "usd"])
+    row = owner.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"]).fetchone()
     assert row["status"] == "granted"
 
 
@@ -94,38 +92,38 @@ def refund(conn, intent: str, total: int) -> int:
     ).fetchone()["n"]
 
 
-def test_partial_then_full_refund_takes_back_proportionally(app_conn, owner, make_user):
+def test_partial_then_full_refund_takes_back_proportionally(owner, make_user):
     user, intent = make_user(), pi()
-    app_conn.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"])
-    assert refund(app_conn, intent, 100) == 20  # $1 of $5
-    assert refund(app_conn, intent, 100) == 0  # same event again
-    assert refund(app_conn, intent, 50) == 0  # an older, smaller total arriving late
-    assert refund(app_conn, intent, 500) == 80  # the rest
-    assert balance_of(app_conn, user) == 0
-    status = app_conn.execute(
+    owner.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"])
+    assert refund(owner, intent, 100) == 20  # $1 of $5
+    assert refund(owner, intent, 100) == 0  # same event again
+    assert refund(owner, intent, 50) == 0  # an older, smaller total arriving late
+    assert refund(owner, intent, 500) == 80  # the rest
+    assert balance_of(owner, user) == 0
+    status = owner.execute(
         "select display_status from api.purchases where payment_intent_id = %s", [intent]
     ).fetchone()["display_status"]
     assert status == "refunded"
     assert audit(owner) == []
 
 
-def test_refund_rounds_up_and_may_make_the_balance_negative(app_conn, owner, make_user):
+def test_refund_rounds_up_and_may_make_the_balance_negative(owner, make_user):
     user, intent = make_user(), pi()
-    app_conn.execute(GRANT, [intent, str(user), "tokens_250", 1000, "usd"])
-    app_conn.execute("select * from api.consume(%s, 'spend', 250)", [user])
-    assert refund(app_conn, intent, 1) == 1  # 0.25 token rounds up to 1
-    assert balance_of(app_conn, user) == -1
-    refused = app_conn.execute("select * from api.consume(%s, 'next')", [user]).fetchone()
+    owner.execute(GRANT, [intent, str(user), "tokens_250", 1000, "usd"])
+    owner.execute("select * from api.consume(%s, 'spend', 250)", [user])
+    assert refund(owner, intent, 1) == 1  # 0.25 token rounds up to 1
+    assert balance_of(owner, user) == -1
+    refused = owner.execute("select * from api.consume(%s, 'next')", [user]).fetchone()
     assert refused["ok"] is False
     assert audit(owner) == []
 
 
-def test_refund_reported_before_the_grant_is_applied_at_grant_time(app_conn, owner, make_user):
+def test_refund_reported_before_the_grant_is_applied_at_grant_time(owner, make_user):
     user, intent = make_user(), pi()
-    assert refund(app_conn, intent, 500) == 0
-    row = app_conn.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"]).fetchone()
+    assert refund(owner, intent, 500) == 0
+    row = owner.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"]).fetchone()
     assert row["status"] == "granted"
-    assert balance_of(app_conn, user) == 0
+    assert balance_of(owner, user) == 0
     assert audit(owner) == []
 
 
@@ -136,33 +134,33 @@ def dispute(conn, dispute_id: str, intent: str, amount: int, status: str) -> int
     ).fetchone()["n"]
 
 
-def test_dispute_holds_tokens_and_a_won_dispute_gives_them_back(app_conn, owner, make_user):
+def test_dispute_holds_tokens_and_a_won_dispute_gives_them_back(owner, make_user):
     user, intent = make_user(), pi()
-    app_conn.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"])
-    assert dispute(app_conn, "dp_1", intent, 500, "needs_response") == 100
-    assert dispute(app_conn, "dp_1", intent, 500, "needs_response") == 0
-    assert balance_of(app_conn, user) == 0
-    assert dispute(app_conn, "dp_1", intent, 500, "won") == -100
-    assert balance_of(app_conn, user) == 100
+    owner.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"])
+    assert dispute(owner, "dp_1", intent, 500, "needs_response") == 100
+    assert dispute(owner, "dp_1", intent, 500, "needs_response") == 0
+    assert balance_of(owner, user) == 0
+    assert dispute(owner, "dp_1", intent, 500, "won") == -100
+    assert balance_of(owner, user) == 100
     # a late 'created' delivery does not reopen a closed dispute
-    assert dispute(app_conn, "dp_1", intent, 500, "needs_response") == 0
-    assert balance_of(app_conn, user) == 100
+    assert dispute(owner, "dp_1", intent, 500, "needs_response") == 0
+    assert balance_of(owner, user) == 100
     assert audit(owner) == []
 
 
 def test_lost_dispute_keeps_tokens_taken_and_refund_plus_dispute_never_exceeds_grant(
-    app_conn, owner, make_user
+    owner, make_user
 ):
     user, intent = make_user(), pi()
-    app_conn.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"])
-    assert refund(app_conn, intent, 250) == 50
-    assert dispute(app_conn, f"dp_{intent}", intent, 500, "needs_response") == 50  # capped
-    assert dispute(app_conn, f"dp_{intent}", intent, 500, "lost") == 0
-    assert balance_of(app_conn, user) == 0
+    owner.execute(GRANT, [intent, str(user), "tokens_100", 500, "usd"])
+    assert refund(owner, intent, 250) == 50
+    assert dispute(owner, f"dp_{intent}", intent, 500, "needs_response") == 50  # capped
+    assert dispute(owner, f"dp_{intent}", intent, 500, "lost") == 0
+    assert balance_of(owner, user) == 0
     assert audit(owner) == []
 
 
-def test_revoke_for_unknown_charge_without_intent_raises(app_conn):
+def test_revoke_for_unknown_charge_without_intent_raises(owner):
     with pytest.raises(psycopg.Error) as info:
-        app_conn.execute("select api.revoke_for_refund(null, 'ch_nobody', 100)")
+        owner.execute("select api.revoke_for_refund(null, 'ch_nobody', 100)")
     assert info.value.sqlstate == "TB002"

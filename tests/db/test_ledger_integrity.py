@@ -63,7 +63,7 @@ def test_seeded_packages(app_conn):
     ]
 
 
-def test_admin_adjust_rules(app_conn, admin_id, make_user):
+def test_admin_adjust_rules(owner, admin_id, make_user):
     user = make_user(balance=5)
     not_admin = make_user()
     cases = [
@@ -74,15 +74,15 @@ def test_admin_adjust_rules(app_conn, admin_id, make_user):
     ]
     for args, sqlstate in cases:
         with pytest.raises(psycopg.Error) as info:
-            app_conn.execute("select api.admin_adjust(%s, %s, %s, %s)", list(args))
+            owner.execute("select api.admin_adjust(%s, %s, %s, %s)", list(args))
         assert info.value.sqlstate == sqlstate
     assert (
-        app_conn.execute(
+        owner.execute(
             "select api.admin_adjust(%s, %s, -5, 'correction') as b", [admin_id, user]
         ).fetchone()["b"]
         == 0
     )
-    row = app_conn.execute(
+    row = owner.execute(
         "select kind, reason, actor_id from api.ledger_entries"
         " where user_id = %s order by id desc limit 1",
         [user],

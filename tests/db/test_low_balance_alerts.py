@@ -18,60 +18,69 @@ def spend(conn, user, request_id, cost=1):
     ).fetchone()
 
 
-def test_one_alert_per_crossing(app_conn, admin_id, make_user):
+def test_one_alert_per_crossing(owner, admin_id, make_user):
     user = make_user(balance=12)
     for i in range(4):  # 12 -> 8: crosses 10 once (10 -> 9)
-        spend(app_conn, user, f"a{i}")
-    assert alerts(app_conn, user) == [{"threshold": 10, "balance": 9}]
-    account = app_conn.execute(
+        spend(owner, user, f"a{i}")
+    assert alerts(owner, user) == [{"threshold": 10, "balance": 9}]
+    account = owner.execute(
         "select low_balance_alert from api.accounts where id = %s", [user]
     ).fetchone()
     assert account["low_balance_alert"] is True
 
     # top up above the threshold, cross again: a second alert
-    app_conn.execute("select api.admin_adjust(%s, %s, 10, 'top up')", [admin_id, user])
+    owner.execute("select api.admin_adjust(%s, %s, 10, 'top up')", [admin_id, user])
     assert (
-        app_conn.execute(
+        owner.execute(
             "select low_balance_alert from api.accounts where id = %s", [user]
         ).fetchone()["low_balance_alert"]
         is False
     )
-    spend(app_conn, user, "b1", cost=9)  # 18 -> 9
-    assert alerts(app_conn, user) == [
+    spend(owner, user, "b1", cost=9)  # 18 -> 9
+    assert alerts(owner, user) == [
         {"threshold": 10, "balance": 9},
         {"threshold": 10, "balance": 9},
     ]
 
 
-def test_a_big_consumption_jumping_past_the_threshold_alerts(app_conn, make_user):
+def test_a_big_consumption_jumping_past_the_threshold_alerts(owner, make_user):
     user = make_user(balance=50)
-    spend(app_conn, user, "big", cost=45)
-    assert alerts(app_conn, user) == [{"threshold": 10, "balance": 5}]
+    spend(owner, user, "big", cost=45)
+    assert alerts(owner, user) == [{"threshold": 10, "balance": 5}]
 
 
-def test_threshold_zero_never_alerts_and_custom_threshold(app_conn, make_user):
+def test_threshold_zero_never_alerts_and_custom_threshold(owner, make_user):
     quiet, custom = make_user(balance=3), make_user(balance=60)
-    app_conn.execute("select api.set_low_balance_threshold(%s, 0)", [quiet])
-    app_conn.execute("select api.set_low_balance_threshold(%s, 50)", [custom])
+    owner.execute("select api.set_low_balance_threshold(%s, 0)", [quiet])
+    owner.execute("select api.set_low_balance_threshold(%s, 50)", [custom])
     for i in range(3):
-        spend(app_conn, quiet, f"q{i}")
-    spend(app_conn, custom, "c", cost=11)
-    assert alerts(app_conn, quiet) == []
-    assert alerts(app_conn, custom) == [{"threshold": 50, "balance": 49}]
+        spend(owner, quiet, f"q{i}")
+    spend(owner, custom, "c", cost=11)
+    assert alerts(owner, quiet) == []
+    assert alerts(owner, custom) == [{"threshold": 50, "balance": 49}]
 
 
-def test_acknowledge_hides_the_alert(app_conn, make_user):
+def test_an_agent_reservation_crossing_the_threshold_alerts_once(app_conn, owner, make_user):
+    from tests.support.agents import begin_request
+
     user = make_user(balance=10)
-    spend(app_conn, user, "x")
-    n = app_conn.execute("select api.acknowledge_low_balance_alerts(%s) as n", [user]).fetchone()
+    begin_request(app_conn, user, "r1")  # 10 -> 9: the reservation crosses
+    app_conn.execute("select api.settle_agent_request(%s, 'r1', 'failed', '', 0)", [user])
+    assert alerts(owner, user) == [{"threshold": 10, "balance": 9}]  # the release: no alert
+
+
+def test_acknowledge_hides_the_alert(owner, make_user):
+    user = make_user(balance=10)
+    spend(owner, user, "x")
+    n = owner.execute("select api.acknowledge_low_balance_alerts(%s) as n", [user]).fetchone()
     assert n["n"] == 1
-    row = app_conn.execute("select low_balance_alert from api.accounts where id = %s", [user])
+    row = owner.execute("select low_balance_alert from api.accounts where id = %s", [user])
     assert row.fetchone()["low_balance_alert"] is False
 
 
 @pytest.mark.parametrize("threshold", [-1, None, 1000001])
-def test_bad_threshold_is_refused(app_conn, make_user, threshold):
+def test_bad_threshold_is_refused(owner, make_user, threshold):
     user = make_user()
     with pytest.raises(Exception) as info:
-        app_conn.execute("select api.set_low_balance_threshold(%s, %s)", [user, threshold])
+        owner.execute("select api.set_low_balance_threshold(%s, %s)", [user, threshold])
     assert info.value.sqlstate == "TB003"

@@ -66,9 +66,9 @@ def pending(conn, user):
     ).fetchone()["n"]
 
 
-def test_alerts_are_posted_signed_and_once(database_url, app_conn, make_user, receiver):
+def test_alerts_are_posted_signed_and_once(database_url, owner, app_conn, make_user, receiver):
     user = make_user(balance=10)
-    app_conn.execute("select * from api.consume(%s, 'n1')", [user])
+    owner.execute("select * from api.consume(%s, 'n1')", [user])
     url = f"http://127.0.0.1:{receiver.server_port}/hook"
 
     alert_notifier.run_once(database_url, url, SECRET)
@@ -83,13 +83,13 @@ def test_alerts_are_posted_signed_and_once(database_url, app_conn, make_user, re
 
 
 def test_failed_delivery_stays_in_the_outbox_and_is_retried(
-    database_url, app_conn, make_user, receiver
+    database_url, owner, app_conn, make_user, receiver
 ):
     # deliver anything left by other tests first, so the failure hits our alert
     url = f"http://127.0.0.1:{receiver.server_port}/hook"
     alert_notifier.run_once(database_url, url, SECRET)
     user = make_user(balance=10)
-    app_conn.execute("select * from api.consume(%s, 'n1')", [user])
+    owner.execute("select * from api.consume(%s, 'n1')", [user])
     receiver.fail_next = 1
 
     sent, failed = alert_notifier.run_once(database_url, url, SECRET)
@@ -117,7 +117,7 @@ def test_each_batch_is_committed_before_the_next_is_sent(
     alert_notifier.run_once(database_url, url, SECRET)  # drain what other tests left
     users = [make_user(balance=10) for _ in range(21)]  # one more than a batch of 20
     for user in users:
-        app_conn.execute("select * from api.consume(%s, 'b1')", [user])
+        owner.execute("select * from api.consume(%s, 'b1')", [user])
     seen_committed: list[int] = []
 
     def count_committed() -> None:

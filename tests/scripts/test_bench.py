@@ -91,7 +91,7 @@ def test_bulk_load_keeps_balances_and_ledger_consistent(admin_url: str) -> None:
         }
         assert ledger_audit(conn)[0] == []
         # the funded accounts can spend the loaded tokens through the real API
-        with bench_ledger.PlanCapture(url) as pc:
+        with bench_ledger.PlanCapture(url, role=None) as pc:
             assert pc.execute(bench_ledger.CONSUME_SQL, [users[1], "after-load"])[0][0] is True
         assert ledger_audit(conn)[0] == []
     assert not _database_exists(admin_url, name)

@@ -18,6 +18,7 @@ from scripts.bench_common import parse_tables
 from tests.conftest import balance_of
 from webapp import create_app
 from webapp.api_auth import new_api_key
+from webapp.db import close_app
 
 
 def _rules(app: Any) -> set[str]:
@@ -32,8 +33,8 @@ def test_control_route_exists_only_in_the_bench_app(app_config: dict[str, Any]) 
         assert "/api/agent" in _rules(production)
         assert _rules(bench) - _rules(production) == {UNBILLED_PATH}
     finally:
-        production.extensions["tokenbill_db"].close()
-        bench.extensions["tokenbill_db"].close()
+        close_app(production)
+        close_app(bench)
 
 
 def test_control_route_authenticates_and_answers_without_charging(
@@ -64,7 +65,7 @@ def test_control_route_authenticates_and_answers_without_charging(
         ).fetchone()
         assert stored["n"] == 0  # nothing stored
     finally:
-        app.extensions["tokenbill_db"].close()
+        close_app(app)
 
 
 def _bench_databases(admin_url: str) -> set[str]:

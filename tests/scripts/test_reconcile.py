@@ -21,12 +21,12 @@ def proxy(stripe_mock_url: str) -> Iterator[RecordingProxy]:
         yield running
 
 
-def test_sessions_we_never_created_are_reported_not_granted(proxy, app_conn, owner):
+def test_sessions_we_never_created_are_reported_not_granted(proxy, webhook_conn, owner):
     client = stripe.StripeClient("sk_test_tokenbill", base_addresses={"api": proxy.url})
     out = io.StringIO()
     before = owner.execute("select count(*) as n from api.ledger_entries").fetchone()["n"]
 
-    results = reconcile.reconcile(app_conn, client, since_hours=72, out=out)
+    results = reconcile.reconcile(webhook_conn, client, since_hours=72, out=out)
 
     # stripe-mock lists one fixture session, which tokenbill never recorded.
     assert len(results) == 1
@@ -43,7 +43,6 @@ def test_sessions_we_never_created_are_reported_not_granted(proxy, app_conn, own
 
 def test_main_reads_the_environment(proxy, database_url, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("DATABASE_ROLE", "tokenbill_app")
     monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_tokenbill")
     monkeypatch.setenv("STRIPE_API_BASE", proxy.url)
     assert reconcile.main(["--since-hours", "1"]) == 0
@@ -57,25 +56,25 @@ def test_main_without_a_stripe_key_is_a_usage_error(database_url, monkeypatch, c
     assert "STRIPE_SECRET_KEY" in capsys.readouterr().err
 
 
-def recorded_session(app_conn, user, package="tokens_100", amount=500, **kw) -> dict:
+def recorded_session(owner, user, package="tokens_100", amount=500, **kw) -> dict:
     session = checkout_session_object(user, package, amount, **kw)
-    app_conn.execute(
+    owner.execute(
         "select api.record_checkout_session(%s, %s, %s, null)", [session["id"], user, package]
     )
     return session
 
 
-def test_paid_session_is_granted_once(app_conn, owner, make_user):
+def test_paid_session_is_granted_once(webhook_conn, owner, make_user):
     user = make_user()
-    session = recorded_session(app_conn, user)
+    session = recorded_session(owner, user)
     fetched: list[str] = []
 
     def fetch(session_id: str) -> str:
         fetched.append(session_id)
         return json.dumps(session)
 
-    first = reconcile.reconcile_session(app_conn, session["id"], "paid", fetch)
-    second = reconcile.reconcile_session(app_conn, session["id"], "paid", fetch)
+    first = reconcile.reconcile_session(webhook_conn, session["id"], "paid", fetch)
+    second = reconcile.reconcile_session(webhook_conn, session["id"], "paid", fetch)
 
     assert (first.verdict, first.detail) == ("granted", "granted 100 tokens")
     assert second.verdict == "already granted"
@@ -84,30 +83,30 @@ def test_paid_session_is_granted_once(app_conn, owner, make_user):
     assert audit(owner) == []
 
 
-def test_session_already_granted_by_the_webhook(app_conn, owner, make_user):
+def test_session_already_granted_by_the_webhook(webhook_conn, owner, make_user):
     user = make_user()
-    session = recorded_session(app_conn, user)
+    session = recorded_session(owner, user)
     event = {
         "id": new_id("evt"),
         "type": "checkout.session.completed",
         "data": {"object": session},
     }
-    app_conn.execute("select * from api.handle_stripe_event(%s::jsonb)", [json.dumps(event)])
+    webhook_conn.execute("select * from api.handle_stripe_event(%s::jsonb)", [json.dumps(event)])
 
     result = reconcile.reconcile_session(
-        app_conn, session["id"], "paid", lambda _: json.dumps(session)
+        webhook_conn, session["id"], "paid", lambda _: json.dumps(session)
     )
 
     assert result.verdict == "already granted"
     assert balance_of(owner, user) == 100
 
 
-def test_amount_mismatch_is_rejected(app_conn, owner, make_user):
+def test_amount_mismatch_is_rejected(webhook_conn, owner, make_user):
     user = make_user()
-    session = recorded_session(app_conn, user, "tokens_600", 20)
+    session = recorded_session(owner, user, "tokens_600", 20)
 
     result = reconcile.reconcile_session(
-        app_conn, session["id"], "paid", lambda _: json.dumps(session)
+        webhook_conn, session["id"], "paid", lambda _: json.dumps(session)
     )
 
     assert result.verdict == "rejected"
@@ -116,12 +115,12 @@ def test_amount_mismatch_is_rejected(app_conn, owner, make_user):
     assert audit(owner) == []
 
 
-def test_unpaid_session_is_skipped_without_fetching(app_conn, make_user):
+def test_unpaid_session_is_skipped_without_fetching(webhook_conn, owner, make_user):
     user = make_user()
-    session = recorded_session(app_conn, user, payment_status="unpaid")
+    session = recorded_session(owner, user, payment_status="unpaid")
 
     def fetch(_: str) -> str:
         raise AssertionError("an unpaid session must not be fetched")
 
-    result = reconcile.reconcile_session(app_conn, session["id"], "unpaid", fetch)
+    result = reconcile.reconcile_session(webhook_conn, session["id"], "unpaid", fetch)
     assert (result.verdict, result.detail) == ("skipped", "payment_status is unpaid")

@@ -58,6 +58,47 @@ class RecordingAgent:
         yield json.dumps({"history": [[t.role, t.content] for t in history], "message": message})
 
 
+def begin_request(
+    conn: psycopg.Connection,
+    user_id: uuid.UUID,
+    request_id: str,
+    message: str = "hello",
+    conversation_id: uuid.UUID | None = None,
+    *,
+    agent: str = "offline",
+    request_hash: str | None = None,
+    hold_seconds: int = 600,
+) -> dict[str, Any]:
+    """api.begin_agent_request as the endpoint calls it (with the endpoint's body hash)."""
+    from webapp.agent import request_hash as endpoint_hash
+
+    digest = request_hash or endpoint_hash(message, conversation_id)
+    return conn.execute(
+        "select * from api.begin_agent_request(%s, %s, %s, %s, %s, %s, %s)",
+        [user_id, request_id, conversation_id, message, agent, digest, hold_seconds],
+    ).fetchone()
+
+
+def make_overdue(
+    owner: psycopg.Connection, user_id: uuid.UUID, request_id: str | None = None
+) -> None:
+    """As if the hold's time ran out (the owner may move expires_at; holds are not the ledger)."""
+    owner.execute(
+        "update tokenbill.agent_holds set expires_at = now() - interval '1 second'"
+        " where user_id = %s and status = 'held' and (%s::text is null or request_id = %s)",
+        [user_id, request_id, request_id],
+    )
+
+
+def open_holds(conn: psycopg.Connection, user_id: uuid.UUID | None = None) -> int:
+    row = conn.execute(
+        "select count(*) as n from api.agent_holds where status = 'held'"
+        " and (%s::uuid is null or user_id = %s)",
+        [user_id, user_id],
+    ).fetchone()
+    return row["n"] if isinstance(row, dict) else row[0]  # type: ignore[index]
+
+
 def password_hash() -> str:
     return PasswordHasher().hash(PASSWORD)
 

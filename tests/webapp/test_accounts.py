@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 
 import pytest
@@ -84,19 +83,12 @@ def test_the_web_role_cannot_make_admins(app_conn):
 
 
 def test_expire_agent_requests_command(app, owner, app_conn, make_user):
+    from tests.support.agents import begin_request, make_overdue
+
     user = make_user(balance=1)
-    app_conn.execute("select api.begin_agent_request(%s, 'stuck', null, 'hi', 1)", [user])
-    owner.execute(
-        "update tokenbill.messages set created_at = now() - interval '2 hours' where user_id = %s",
-        [user],
-    )
-    result = app.test_cli_runner().invoke(args=["expire-agent-requests", "--older-than", "60"])
-    # Other tests' requests left pending over a minute ago (tests/db/test_chat.py) expire too:
-    # how many depends on the suite's timing, so judge by this user's request.
-    assert result.exit_code == 0 and re.search(r"Expired [1-9]\d* pending", result.output)
+    begin_request(app_conn, user, "stuck", "hi")
+    make_overdue(owner, user)
+    result = app.test_cli_runner().invoke(args=["expire-agent-requests"])
+    assert result.exit_code == 0 and "Settled 1" in result.output
     balance = owner.execute("select balance from api.accounts where id = %s", [user]).fetchone()
     assert balance["balance"] == 1
-    status = owner.execute(
-        "select status from api.messages where user_id = %s and role = 'assistant'", [user]
-    ).fetchone()
-    assert status["status"] == "timeout"

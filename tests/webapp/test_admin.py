@@ -82,9 +82,9 @@ def test_audit_says_no_discrepancies(admin_client, owner):
     assert "No discrepancies" in page
 
 
-def test_user_page_shows_the_ledger(admin_client, owner, app_conn, make_user):
+def test_user_page_shows_the_ledger(admin_client, owner, make_user):
     user, email = account(owner, make_user, balance=3)
-    app_conn.execute("select api.consume(%s, 'admin-visible-req')", [user])
+    owner.execute("select api.consume(%s, 'admin-visible-req')", [user])
     page = admin_client.get(f"/admin/users/{user}").get_data(as_text=True)
     assert email in page and 'id="user-balance">2<' in page
     assert "admin-visible-req" in page and "test setup" in page
@@ -92,10 +92,10 @@ def test_user_page_shows_the_ledger(admin_client, owner, app_conn, make_user):
     assert admin_client.get("/admin/users/not-a-uuid").status_code == 404
 
 
-def test_user_ledger_pages_older_entries_by_cursor(admin_client, owner, app_conn, make_user):
+def test_user_ledger_pages_older_entries_by_cursor(admin_client, owner, make_user):
     user, _ = account(owner, make_user, balance=60)
     for i in range(55):  # 56 rows with the funding: 50 on the first page
-        app_conn.execute("select api.consume(%s, %s)", [user, f"adm-page-{i:02d}"])
+        owner.execute("select api.consume(%s, %s)", [user, f"adm-page-{i:02d}"])
     first = admin_client.get(f"/admin/users/{user}").get_data(as_text=True)
     assert "adm-page-54" in first and "adm-page-05" in first and "adm-page-04" not in first
     older = re.search(r'<a href="([^"]+)" rel="next">Older', first)
@@ -164,11 +164,11 @@ def test_adjust_form_needs_csrf_token(make_app, owner, make_user):
     assert balance_of(owner, user) == 2
 
 
-def test_webhook_inbox_shows_events_needing_attention(admin_client, app_conn, owner, make_user):
+def test_webhook_inbox_shows_events_needing_attention(admin_client, owner, make_user):
     ignored = event("customer.created", {"id": "cus_x", "object": "customer"})
-    app_conn.execute("select * from api.handle_stripe_event(%s)", [Jsonb(ignored)])
+    owner.execute("select * from api.handle_stripe_event(%s)", [Jsonb(ignored)])
     failed = event("charge.refunded", {"id": "ch_x", "object": "charge"})
-    app_conn.execute(
+    owner.execute(
         "select api.record_stripe_event_failure(%s, 'database restarted mid-way')", [Jsonb(failed)]
     )
     user, _ = account(owner, make_user)
@@ -184,7 +184,7 @@ def test_webhook_inbox_shows_events_needing_attention(admin_client, app_conn, ow
             "metadata": {"user_id": str(user), "package": "tokens_100"},
         },
     )
-    outcome = app_conn.execute(
+    outcome = owner.execute(
         "select outcome from api.handle_stripe_event(%s)", [Jsonb(rejected)]
     ).fetchone()["outcome"]
     assert outcome == "rejected"
@@ -202,7 +202,7 @@ def test_webhook_inbox_shows_events_needing_attention(admin_client, app_conn, ow
     assert rejected["data"]["object"]["id"] in payments and "amount mismatch" in payments
 
 
-def test_stats_page_charts_today_from_the_database(admin_client, app_conn, make_user):
+def test_stats_page_charts_today_from_the_database(admin_client, owner, make_user):
     def totals() -> dict[str, str]:
         html = admin_client.get("/admin/stats?days=7").data.decode()
         return dict(re.findall(r'<dd id="total-([a-z]+)">([^<]*)</dd>', html))
@@ -210,12 +210,12 @@ def test_stats_page_charts_today_from_the_database(admin_client, app_conn, make_
     before = totals()
     user = make_user()
     session_id = f"cs_{uuid.uuid4().hex}"
-    app_conn.execute("select api.record_checkout_session(%s, %s, 'tokens_600')", [session_id, user])
-    app_conn.execute(
+    owner.execute("select api.record_checkout_session(%s, %s, 'tokens_600')", [session_id, user])
+    owner.execute(
         "select * from api.grant_for_payment(%s, %s, 'tokens_600', 2000, 'usd')",
         [f"pi_{uuid.uuid4().hex}", str(user)],
     )
-    app_conn.execute("select * from api.consume(%s, 'stats-1', 5)", [user])
+    owner.execute("select * from api.consume(%s, 'stats-1', 5)", [user])
     response = admin_client.get("/admin/stats?days=7")
     after = totals()
 

@@ -1,4 +1,4 @@
-"""POST /api/agent: authenticated, rate limited, charged before running, refunded on failure."""
+"""POST /api/agent: authenticated, rate limited, reserved before running, settled by delivery."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ from tests.support.agents import (
     NeverAnswers,
     RecordingAgent,
     bearer,
+    begin_request,
     create_key,
     ledger_kinds,
     login,
+    make_overdue,
     ndjson,
+    open_holds,
     password_hash,
 )
 from webapp.agents import build_agent
@@ -72,7 +75,8 @@ def test_session_call_answers_and_charges_one_token(app, owner, member):
     assert body["reply"].startswith(LABEL) and "What is tokenbill?" in body["reply"]
     assert body["balance"] == 2 and response.headers["X-Token-Balance"] == "2"
     assert balance_of(owner, user) == 2
-    assert ledger_kinds(owner, user) == ["admin_adjustment", "consumption"]
+    assert ledger_kinds(owner, user) == ["admin_adjustment", "reserve", "settle"]
+    assert (body["price"], body["cost"]) == (1, 1)
     stored = owner.execute(
         "select role, content, status from api.messages where conversation_id = %s order by id",
         [body["conversation_id"]],
@@ -126,6 +130,7 @@ def test_empty_balance_is_402_and_nothing_runs(app, owner, member):
         "error": "You need more tokens to use the agent",
         "buy_url": "/billing/buy",
         "balance": 0,
+        "price": 1,
     }
     assert response.headers["X-Token-Balance"] == "0"
     assert ledger_kinds(owner, user) == before == []
@@ -148,7 +153,7 @@ def test_64_concurrent_calls_on_10_tokens_serve_exactly_10(make_app, owner, memb
     assert statuses.count(200) == 10
     assert statuses.count(402) == 54
     assert balance_of(owner, user) == 0
-    assert ledger_kinds(owner, user).count("consumption") == 10
+    assert ledger_kinds(owner, user).count("settle") == 10
     assert audit(owner) == []
 
 
@@ -159,9 +164,9 @@ def test_agent_failure_releases_the_token(make_app, owner, member, agent):
     response = ask(app.test_client(), headers=bearer(create_key(owner, user)))
     assert response.status_code == 502
     assert response.json["balance"] == 2 and response.headers["X-Token-Balance"] == "2"
-    assert "token was returned" in response.json["error"]
+    assert "tokens were returned" in response.json["error"]
     assert "provider is down" not in response.json["error"]  # internals stay internal
-    assert ledger_kinds(owner, user) == ["admin_adjustment", "consumption", "consumption_refund"]
+    assert ledger_kinds(owner, user) == ["admin_adjustment", "reserve", "release"]
     assert balance_of(owner, user) == 2
     status = owner.execute(
         "select status, error from api.messages where user_id = %s and role = 'assistant'", [user]
@@ -175,7 +180,7 @@ def test_agent_timeout_is_504_and_releases(make_app, owner, member):
     response = ask(app.test_client(), headers=bearer(create_key(owner, user)))
     assert response.status_code == 504
     assert response.json["balance"] == 1
-    assert ledger_kinds(owner, user)[-2:] == ["consumption", "consumption_refund"]
+    assert ledger_kinds(owner, user)[-2:] == ["reserve", "release"]
 
 
 # -- idempotency ---------------------------------------------------------------------------
@@ -184,23 +189,45 @@ def test_same_idempotency_key_is_charged_once_and_replays_the_reply(app, owner, 
     headers = {**bearer(create_key(owner, user)), "Idempotency-Key": "retry-me-1"}
     client = app.test_client()
     first = ask(client, "first text", headers=headers)
-    second = ask(client, "changed text", headers=headers)
+    second = ask(client, "first text", headers=headers)
     assert first.status_code == second.status_code == 200
     assert second.json["reply"] == first.json["reply"]
     assert second.json["conversation_id"] == first.json["conversation_id"]
-    assert second.json["replayed"] is True
+    assert second.json["replayed"] is True and second.json["cost"] == 1
     assert balance_of(owner, user) == 4
-    assert ledger_kinds(owner, user).count("consumption") == 1
+    assert ledger_kinds(owner, user).count("reserve") == 1
     request_ids = owner.execute(
-        "select request_id from api.ledger_entries where user_id = %s and kind = 'consumption'",
+        "select request_id from api.ledger_entries where user_id = %s and kind = 'reserve'",
         [user],
     ).fetchall()
     assert [r["request_id"] for r in request_ids] == ["retry-me-1"]
 
 
+@pytest.mark.parametrize(
+    "second",
+    [{"message": "changed text"}, {"message": "first text", "conversation_id": str(uuid.uuid4())}],
+)
+def test_a_reused_key_with_another_body_is_422_and_free(app, owner, member, second):
+    """The adversary: replaying a paid key with a new question to get a new answer for free."""
+    user, _ = member(balance=5)
+    headers = {**bearer(create_key(owner, user)), "Idempotency-Key": "reused-key"}
+    client = app.test_client()
+    assert ask(client, "first text", headers=headers).status_code == 200
+    kinds_before = ledger_kinds(owner, user)
+    response = client.post("/api/agent", json=second, headers=headers)
+    assert response.status_code == 422, response.json
+    assert "different request body" in response.json["error"]
+    assert response.json["balance"] == 4 and "reply" not in response.json
+    assert ledger_kinds(owner, user) == kinds_before
+    assert message_count(owner, user) == 2
+    # the original body still replays, and a stream flag is not part of the body's identity
+    again = ask(client, "first text", headers=headers, stream=True)
+    assert again.status_code == 200 and ndjson(again.data)[-1]["replayed"] is True
+
+
 def test_replay_of_a_running_request_is_409(app, owner, app_conn, member):
     user, _ = member(balance=5)
-    app_conn.execute("select api.begin_agent_request(%s, 'still-running', null, 'hi', 1)", [user])
+    begin_request(app_conn, user, "still-running")
     response = ask(
         app.test_client(),
         headers={**bearer(create_key(owner, user)), "Idempotency-Key": "still-running"},
@@ -209,32 +236,56 @@ def test_replay_of_a_running_request_is_409(app, owner, app_conn, member):
     assert balance_of(owner, user) == 4
 
 
-def test_a_request_left_pending_by_a_dead_worker_is_refunded_by_the_next_call(
+def test_a_request_left_pending_by_a_dead_worker_is_settled_by_its_retry(
     app, owner, app_conn, member
 ):
-    import webapp.agent
-
     user, _ = member(balance=5)
-    app_conn.execute("select api.begin_agent_request(%s, 'worker-died', null, 'hi', 1)", [user])
-    # as if the worker was killed long ago: older than twice the agent timeout
-    owner.execute(
-        "update tokenbill.messages set created_at = now() - interval '1 hour'"
-        " where user_id = %s and request_id = 'worker-died'",
-        [user],
-    )
+    begin_request(app_conn, user, "worker-died")  # ...and the worker was killed at once
+    make_overdue(owner, user, "worker-died")
     assert balance_of(owner, user) == 4
-    webapp.agent._last_sweep = 0.0  # the sweep runs at most once a minute per process
 
-    headers = bearer(create_key(owner, user))
-    assert ask(app.test_client(), headers=headers).status_code == 200
-    assert balance_of(owner, user) == 4  # 5 - died (refunded) - this call
-    retry = ask(app.test_client(), headers={**headers, "Idempotency-Key": "worker-died"})
+    headers = {**bearer(create_key(owner, user)), "Idempotency-Key": "worker-died"}
+    retry = ask(app.test_client(), headers=headers)
+    # nothing had been delivered: the expiry rule released it, and the retry learns so for free
     assert retry.status_code == 504 and retry.json["replayed"] is True
-    assert ledger_kinds(owner, user)[:3] == [
-        "admin_adjustment",
-        "consumption",
-        "consumption_refund",
-    ]
+    assert balance_of(owner, user) == 5
+    assert ledger_kinds(owner, user) == ["admin_adjustment", "reserve", "release"]
+    assert open_holds(owner, user) == 0
+    assert audit(owner) == []
+
+
+@pytest.mark.parametrize(("hold", "timeout", "expected"), [(1, 10, 15), (0, 10, 50), (90, 10, 90)])
+def test_a_hold_outlives_the_call_it_reserves_for(make_app, owner, member, hold, timeout, expected):
+    """A misconfigured operator cannot make holds expire under live calls."""
+    app = make_app(AGENT_HOLD_SECONDS=hold, AGENT_TIMEOUT_SECONDS=timeout)
+    user, _ = member(balance=1)
+    assert ask(app.test_client(), headers=bearer(create_key(owner, user))).status_code == 200
+    row = owner.execute(
+        "select extract(epoch from expires_at - created_at)::integer as s from api.agent_holds"
+        " where user_id = %s",
+        [user],
+    ).fetchone()
+    assert row["s"] == expected
+
+
+def test_the_periodic_sweep_settles_other_users_expired_holds(app, owner, app_conn, member):
+    import webapp.metering
+
+    gone, _ = member(balance=2)
+    begin_request(app_conn, gone, "abandoned")
+    app_conn.execute("select api.record_agent_delivery(%s, 'abandoned', 3, 40, 10)", [gone])
+    make_overdue(owner, gone)
+    webapp.metering._last_sweep = 0.0  # the sweep runs at most once a minute per process
+
+    caller, _ = member(balance=1)
+    assert ask(app.test_client(), headers=bearer(create_key(owner, caller))).status_code == 200
+    # output had reached the client before the worker died: the expiry rule charges it
+    assert open_holds(owner, gone) == 0 and balance_of(owner, gone) == 1
+    stored = owner.execute(
+        "select status, charged from api.messages where user_id = %s and role = 'assistant'",
+        [gone],
+    ).fetchone()
+    assert (stored["status"], stored["charged"]) == ("partial", 1)
     assert audit(owner) == []
 
 
@@ -245,7 +296,7 @@ def test_replay_of_a_failed_request_repeats_the_failure_for_free(make_app, owner
     assert ask(app.test_client(), headers=headers).status_code == 502
     again = ask(app.test_client(), headers=headers)
     assert again.status_code == 502 and again.json["replayed"] is True
-    assert ledger_kinds(owner, user) == ["admin_adjustment", "consumption", "consumption_refund"]
+    assert ledger_kinds(owner, user) == ["admin_adjustment", "reserve", "release"]
 
 
 def test_requests_without_a_key_are_each_charged(app, owner, member):
@@ -269,26 +320,31 @@ def test_streaming_happy_path(app, owner, member):
     deltas = [line["delta"] for line in lines if "delta" in line]
     assert len(deltas) > 1
     assert "".join(deltas) == OfflineAgent().reply([], "stream me")
-    assert lines[-1] == {"done": True, "balance": 1, "agent": "offline"}
+    assert lines[-1] == {"done": True, "balance": 1, "cost": 1, "agent": "offline"}
     stored = owner.execute(
         "select content from api.messages where user_id = %s and role = 'assistant'", [user]
     ).fetchone()
     assert stored["content"] == "".join(deltas)
 
 
-def test_mid_stream_failure_releases_and_reports(make_app, owner, member):
+def test_mid_stream_failure_after_parts_is_charged_and_partial(make_app, owner, member):
     app = make_app(AGENT=FailsMidStream)
     user, _ = member(balance=2)
     response = ask(app.test_client(), headers=bearer(create_key(owner, user)), stream=True)
     lines = ndjson(response.data)
     assert [line["delta"] for line in lines if "delta" in line] == ["Half an ", "answer"]
-    assert "error" in lines[-1] and lines[-1]["balance"] == 2
-    assert not any(line.get("done") for line in lines)
-    assert ledger_kinds(owner, user)[-2:] == ["consumption", "consumption_refund"]
-    assert balance_of(owner, user) == 2
+    assert lines[-1]["partial"] is True and lines[-1]["balance"] == 1
+    assert lines[-1]["cost"] == 1 and not lines[-1].get("done")
+    assert ledger_kinds(owner, user)[-2:] == ["reserve", "settle"]
+    stored = owner.execute(
+        "select status, content from api.messages where user_id = %s and role = 'assistant'",
+        [user],
+    ).fetchone()
+    assert (stored["status"], stored["content"]) == ("partial", "Half an answer")
 
 
-def test_client_leaving_mid_stream_gets_the_token_back(app, owner, member):
+def test_client_leaving_mid_stream_is_charged(app, owner, member):
+    """The adversary: read most of the answer, then reset the connection to keep the token."""
     user, _ = member(balance=1)
     response = app.test_client().post(
         "/api/agent",
@@ -298,17 +354,38 @@ def test_client_leaving_mid_stream_gets_the_token_back(app, owner, member):
     )
     chunks = iter(response.response)
     assert json.loads(next(chunks))["request_id"]
-    assert "delta" in json.loads(next(chunks))
+    first = json.loads(next(chunks))["delta"]
     response.close()  # the browser tab closed
-    assert ledger_kinds(owner, user)[-2:] == ["consumption", "consumption_refund"]
-    assert balance_of(owner, user) == 1
+    assert ledger_kinds(owner, user)[-2:] == ["reserve", "settle"]
+    assert balance_of(owner, user) == 0
+    stored = owner.execute(
+        "select status, content from api.messages where user_id = %s and role = 'assistant'",
+        [user],
+    ).fetchone()
+    assert stored["status"] == "partial" and stored["content"] == first
+    assert audit(owner) == []
 
 
-def test_stream_timeout_releases(make_app, owner, member):
+def test_client_leaving_before_the_first_part_is_released(app, owner, member):
+    user, _ = member(balance=1)
+    response = app.test_client().post(
+        "/api/agent",
+        json={"message": "never mind", "stream": True},
+        headers=bearer(create_key(owner, user)),
+        buffered=False,
+    )
+    assert json.loads(next(iter(response.response)))["request_id"]
+    response.close()  # gone after the header line, before any part of the answer
+    assert ledger_kinds(owner, user)[-2:] == ["reserve", "release"]
+    assert balance_of(owner, user) == 1 and open_holds(owner, user) == 0
+
+
+def test_stream_timeout_before_any_part_releases(make_app, owner, member):
     app = make_app(AGENT=NeverAnswers, AGENT_TIMEOUT_SECONDS=0.05)
     user, _ = member(balance=1)
     response = ask(app.test_client(), headers=bearer(create_key(owner, user)), stream=True)
-    assert "error" in ndjson(response.data)[-1]
+    last = ndjson(response.data)[-1]
+    assert "error" in last and last["cost"] == 0
     assert balance_of(owner, user) == 1
 
 
@@ -322,7 +399,7 @@ def test_rate_limit_is_429_before_any_charge(make_app, owner, member):
     statuses = [ask(client, headers=headers).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
     assert balance_of(owner, user) == 3
-    assert ledger_kinds(owner, user).count("consumption") == 2
+    assert ledger_kinds(owner, user).count("reserve") == 2
     # the limit is per user, not per address: another account from the same client still runs
     assert ask(client, headers=bearer(create_key(owner, other))).status_code == 200
 
@@ -373,7 +450,6 @@ def test_chat_page_shows_balance_and_buy_call_to_action(app, member):
         (None, {}, "JSON object"),
         ({"message": ""}, {}, "non-empty"),
         ({"message": 5}, {}, "non-empty"),
-        ({"message": "x" * 20001}, {}, "at most"),
         ({"message": "hi", "conversation_id": "nope"}, {}, "UUID"),
         ({"message": "hi", "stream": "yes"}, {}, "stream"),
         ({"message": "hi"}, {"Idempotency-Key": "x" * 201}, "Idempotency-Key"),
@@ -387,6 +463,16 @@ def test_bad_requests_are_400_and_free(app, owner, member, body, headers, messag
     assert response.status_code == 400
     assert message in response.json["error"]
     assert balance_of(owner, user) == 1
+
+
+@pytest.mark.parametrize(("limit", "length"), [(None, 20001), (100, 101)])
+def test_a_message_over_the_limit_is_413_and_free(make_app, owner, member, limit, length):
+    app = make_app(**({"AGENT_MAX_MESSAGE_CHARS": limit} if limit else {}))
+    user, _ = member(balance=1)
+    response = ask(app.test_client(), "x" * length, headers=bearer(create_key(owner, user)))
+    assert response.status_code == 413 and response.is_json
+    assert f"at most {length - 1} characters" in response.json["error"]
+    assert balance_of(owner, user) == 1 and message_count(owner, user) == 0
 
 
 # -- agent selection -----------------------------------------------------------------------

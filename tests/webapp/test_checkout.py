@@ -285,7 +285,7 @@ def test_cancel_page_says_nothing_was_charged(buyer):
     assert b'href="/billing/buy"' in page.data
 
 
-def test_paid_session_fulfilment_grants_once(app_conn, owner, make_user):
+def test_paid_session_fulfilment_grants_once(app_conn, webhook_conn, owner, make_user):
     """The success page's service on a paid session (stripe-mock cannot return one)."""
     user = make_user()
     session = checkout_session_object(
@@ -297,8 +297,8 @@ def test_paid_session_fulfilment_grants_once(app_conn, owner, make_user):
     app_conn.execute(
         "select api.record_checkout_session(%s, %s, 'tokens_100', null)", [session["id"], user]
     )
-    first = fulfil_session(app_conn, json.dumps(session), user)
-    again = fulfil_session(app_conn, json.dumps(session), user)
+    first = fulfil_session(webhook_conn, json.dumps(session), user)
+    again = fulfil_session(webhook_conn, json.dumps(session), user)
 
     assert grant_verdict(first) == "granted"
     assert (first["tokens"], first["balance"], first["receipt_url"]) == (
@@ -432,3 +432,25 @@ def test_refunds_through_the_emulator_take_tokens_back_end_to_end(make_app, owne
         ("clawback", -125),
     ]
     assert owner.execute("select * from api.ledger_audit()").fetchall() == []
+
+
+def test_checkout_session_creation_is_rate_limited_per_account(make_app, proxy, owner):
+    """The audit created 60 sessions in 0.6 s; each is a Stripe API call and a database row."""
+    app = make_app(
+        STRIPE_API_BASE=proxy.url, RATELIMIT_ENABLED=True, CHECKOUT_RATE_LIMIT="3 per minute"
+    )
+    client = app.test_client()
+    actions = AuthActions(client)
+    actions.register()
+    codes = []
+    for i in range(5):
+        nonce = f"nonce-rate-limit-{i:04d}-{actions.email[:8]}"
+        response = client.post("/billing/checkout", data={"package": "tokens_100", "nonce": nonce})
+        codes.append(response.status_code)
+    assert codes == [303, 303, 303, 429, 429]
+    assert len(proxy.requests_to("POST", SESSIONS)) == 3
+    recorded = owner.execute(
+        "select count(*) as n from api.checkout_sessions where user_id = %s",
+        [actions.user_id(owner)],
+    ).fetchone()
+    assert recorded["n"] == 3

@@ -28,13 +28,13 @@ def test_history_needs_login(client):
     assert response.status_code == 302 and "/auth/login" in response.headers["Location"]
 
 
-def test_purchases_show_amount_tokens_status_and_receipt(app, app_conn, make_user):
+def test_purchases_show_amount_tokens_status_and_receipt(app, owner, make_user):
     user, email = member(make_user)
-    paid = buy(app_conn, user, "tokens_250", 1000)
-    refunded = buy(app_conn, user, "tokens_100", 500)
-    app_conn.execute("select api.revoke_for_refund(%s, %s, 500)", [refunded, f"ch_{refunded}"])
-    disputed = buy(app_conn, user, "tokens_600", 2000)
-    app_conn.execute(
+    paid = buy(owner, user, "tokens_250", 1000)
+    refunded = buy(owner, user, "tokens_100", 500)
+    owner.execute("select api.revoke_for_refund(%s, %s, 500)", [refunded, f"ch_{refunded}"])
+    disputed = buy(owner, user, "tokens_600", 2000)
+    owner.execute(
         "select api.revoke_for_dispute(%s, %s, %s, 2000, 'needs_response')",
         [f"dp_{disputed}", disputed, f"ch_{disputed}"],
     )
@@ -48,27 +48,27 @@ def test_purchases_show_amount_tokens_status_and_receipt(app, app_conn, make_use
     assert f'href="https://pay.stripe.com/receipts/{paid}"' in rows[2]
 
 
-def test_consumption_shows_request_ids(app, app_conn, make_user):
+def test_consumption_shows_request_ids(app, owner, make_user):
     user, email = member(make_user, balance=3)
-    app_conn.execute("select api.consume(%s, 'req-visible-1')", [user])
+    owner.execute("select api.consume(%s, 'req-visible-1')", [user])
     page = login(app, email).get("/history/").get_data(as_text=True)
     assert "<code>req-visible-1</code>" in page and "Agent request" in page and ">-1<" in page
 
 
-def test_only_the_users_own_rows_are_shown(app, app_conn, make_user):
+def test_only_the_users_own_rows_are_shown(app, owner, make_user):
     other, _ = member(make_user, balance=3)
-    other_intent = buy(app_conn, other)
-    app_conn.execute("select api.consume(%s, 'someone-elses-request')", [other])
+    other_intent = buy(owner, other)
+    owner.execute("select api.consume(%s, 'someone-elses-request')", [other])
     _, email = member(make_user)
     page = login(app, email).get("/history/").get_data(as_text=True)
     assert other_intent not in page and "someone-elses-request" not in page
     assert "No purchases yet" in page
 
 
-def test_activity_is_paginated_newest_first(app, app_conn, make_user):
+def test_activity_is_paginated_newest_first(app, owner, make_user):
     user, email = member(make_user, balance=30)
     for i in range(25):
-        app_conn.execute("select api.consume(%s, %s)", [user, f"page-req-{i:02d}"])
+        owner.execute("select api.consume(%s, %s)", [user, f"page-req-{i:02d}"])
     client = login(app, email)
     first = client.get("/history/").get_data(as_text=True)
     ids = re.findall(r"<code>(page-req-\d+)</code>", first)
@@ -78,7 +78,7 @@ def test_activity_is_paginated_newest_first(app, app_conn, make_user):
     assert older and "before=" in older.group(1)
     # new activity between page loads must not push rows into the next page twice
     for i in range(3):
-        app_conn.execute("select api.consume(%s, %s)", [user, f"late-req-{i}"])
+        owner.execute("select api.consume(%s, %s)", [user, f"late-req-{i}"])
     second = client.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert re.findall(r"<code>(page-req-\d+)</code>", second) == [
         f"page-req-{i:02d}" for i in range(4, -1, -1)

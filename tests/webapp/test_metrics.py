@@ -29,7 +29,7 @@ def test_metrics_requires_a_token_or_an_admin(make_app, auth, client, owner):
     assert anonymous.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
-def test_business_totals_follow_the_database(make_app, app_conn, make_user):
+def test_business_totals_follow_the_database(make_app, owner, make_user):
     app = make_app(METRICS_TOKEN="t")
     client = app.test_client()
     headers = {"Authorization": "Bearer t"}
@@ -56,8 +56,8 @@ def test_business_totals_follow_the_database(make_app, app_conn, make_user):
             }
         },
     }
-    app_conn.execute("select * from api.handle_stripe_event(%s::jsonb)", [json.dumps(event)])
-    app_conn.execute("select * from api.consume(%s, 'm1')", [user])
+    owner.execute("select * from api.handle_stripe_event(%s::jsonb)", [json.dumps(event)])
+    owner.execute("select * from api.consume(%s, 'm1')", [user])
     after = scrape()
 
     def delta(name, **labels):

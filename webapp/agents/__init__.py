@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from flask import Flask
 
 EXTENSION_KEY = "tokenbill_agent"
+DEFAULT_MAX_TOKENS = 1024  # AGENT_MAX_TOKENS: the most output one model call may produce
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,17 @@ def build_agent(config: Mapping[str, Any]) -> ChatAgent:
             model=config["LLM_MODEL"],
             base_url=config.get("LLM_BASE_URL") or None,
             api_key=config.get("LLM_API_KEY") or None,
+            max_tokens=int(config.get("AGENT_MAX_TOKENS") or DEFAULT_MAX_TOKENS),
         )
     from .offline import OfflineAgent
 
     return OfflineAgent()
+
+
+def price_key(agent: ChatAgent) -> str:
+    """Which row of tokenbill.prices applies: the agent's ``price_key`` (an LLM's model name)
+    when it has one, else its name; the database falls back to the '*' row."""
+    return str(getattr(agent, "price_key", None) or agent.name)
 
 
 def get_agent(app: Flask) -> ChatAgent:

@@ -18,8 +18,9 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.models import Model
+from pydantic_ai.settings import ModelSettings
 
-from . import Turn
+from . import DEFAULT_MAX_TOKENS, Turn
 
 INSTRUCTIONS = (
     "You are the tokenbill assistant. Answer helpfully and concisely. "
@@ -65,14 +66,32 @@ class LLMAgent:
 
     name = "llm"
 
-    def __init__(self, model: Model | ModelFactory, instructions: str = INSTRUCTIONS) -> None:
+    def __init__(
+        self,
+        model: Model | ModelFactory,
+        instructions: str = INSTRUCTIONS,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        price_key: str | None = None,
+    ) -> None:
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
         self.model = model
+        self.max_tokens = max_tokens  # sent with every model call: bounds what one call costs us
+        self.price_key = price_key or self.name  # the row of tokenbill.prices that applies
         self.agent: Agent[None, str] = Agent(instructions=instructions)
 
     @classmethod
-    def from_settings(cls, model: str, base_url: str | None, api_key: str | None) -> LLMAgent:
+    def from_settings(
+        cls,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> LLMAgent:
         """The configured OpenAI-compatible model; no network until the first request."""
-        return cls(openai_compatible(model, base_url, api_key))
+        return cls(
+            openai_compatible(model, base_url, api_key), max_tokens=max_tokens, price_key=model
+        )
 
     async def stream(self, history: Sequence[Turn], message: str) -> AsyncIterator[str]:
         """Yield the model's reply as it arrives."""
@@ -86,7 +105,10 @@ class LLMAgent:
 
     async def _run(self, model: Model, history: Sequence[Turn], message: str) -> AsyncIterator[str]:
         async with self.agent.run_stream(
-            message, message_history=to_messages(history), model=model
+            message,
+            message_history=to_messages(history),
+            model=model,
+            model_settings=ModelSettings(max_tokens=self.max_tokens),
         ) as run:
             async for delta in run.stream_text(delta=True, debounce_by=None):
                 yield delta
