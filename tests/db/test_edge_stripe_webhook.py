@@ -263,6 +263,50 @@ def test_lock_timeout_answers_500_records_the_failure_then_the_retry_grants(
     assert event_row(owner, evt["id"])["attempts"] == 2
 
 
+def test_acting_as_the_web_role_applies_nothing(database_url, owner, make_user):
+    """Since 0013 only tokenbill_webhook applies Stripe events: a function misconfigured to act
+    as the web role (or a compromised web login) cannot grant, and fails closed with 500."""
+    user = make_user()
+    evt = ev.checkout_session_completed(user, "tokens_100", 500)
+    env = settings(database_url, TOKENBILL_WEBHOOK_ROLE="tokenbill_app")
+    with serve_function(FUNCTION, **env) as fn:
+        response = deliver(fn, evt)
+        assert "permission denied for function handle_stripe_event" in fn.log()
+    assert response.status_code == 500
+    assert balance_of(owner, user) == 0
+    assert event_row(owner, evt["id"]) is None  # it may not even record the failure
+
+
+@pytest.mark.parametrize(
+    ("key", "outcome"),
+    [
+        ("sk_live_", "rejected"),
+        ("rk_live_", "rejected"),
+        ("sk_test_", "processed"),
+        ("", "processed"),
+    ],
+)
+def test_the_event_mode_must_match_the_stripe_key(database_url, owner, make_user, key, outcome):
+    """A test-mode event reaching a live deployment (or the reverse) is recorded, never applied;
+    without a key the mode is not checked (as webapp/config.py's stripe_livemode)."""
+    user = make_user()
+    evt = ev.payment_intent_succeeded(user, "tokens_600", 2000)  # livemode false: a test event
+    secret_key = key + "0" * 24 if key else ""
+    with serve_function(FUNCTION, **settings(database_url, STRIPE_SECRET_KEY=secret_key)) as fn:
+        response = deliver(fn, evt)
+        log = fn.log()
+    if secret_key:
+        assert secret_key not in log  # read for its mode only, never logged
+
+    assert response.status_code == 200 and response.json()["outcome"] == outcome
+    assert event_row(owner, evt["id"])["outcome"] == outcome
+    if outcome == "rejected":
+        assert "livemode mismatch" in response.json()["detail"]
+        assert balance_of(owner, user) == 0
+    else:
+        assert balance_of(owner, user) == 600
+
+
 @pytest.mark.parametrize("exists", [True, False], ids=["role_without_grants", "missing_role"])
 def test_the_function_acts_as_the_configured_role(database_url, owner, make_user, exists):
     """A role that may not call the api cannot grant: the setting is really used, and a

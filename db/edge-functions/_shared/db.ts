@@ -2,52 +2,66 @@
  * The only module of the Edge Functions that talks to PostgreSQL.
  *
  * Why one place: every statement below calls one `api.*` function, exactly like the Flask app
- * does, inside one transaction that first switches to a configurable role (`set_config('role',
- * …, true)`, the transaction-local form of SET ROLE, which also works behind Supabase's
+ * does, inside one transaction that first switches to the caller's group role (`set_config(
+ * 'role', …, true)`, the transaction-local form of SET ROLE, which also works behind Supabase's
  * transaction pooler). When a function is renamed or a role is split, only this file changes.
  *
+ * Each caller has its own login and group role, as in the web app (docs/security.md): the
+ * webhook applies Stripe events as `tokenbill_webhook` (like WEBHOOK_DATABASE_URL), the agent
+ * meters calls as `tokenbill_app` (like DATABASE_URL). Neither role can do the other's work.
+ *
  * Settings (environment / `supabase secrets set`):
- * - TOKENBILL_DATABASE_URL: a postgres:// URL; Supabase's own SUPABASE_DB_URL when unset.
- * - TOKENBILL_WEBHOOK_ROLE / TOKENBILL_AGENT_ROLE: the role each function acts as
- *   (default tokenbill_app, the role the web app acts as).
+ * - TOKENBILL_WEBHOOK_DATABASE_URL / TOKENBILL_AGENT_DATABASE_URL: each caller's postgres://
+ *   URL; else TOKENBILL_DATABASE_URL; else Supabase's own SUPABASE_DB_URL.
+ * - TOKENBILL_WEBHOOK_ROLE / TOKENBILL_AGENT_ROLE: the role each caller acts as (defaults
+ *   tokenbill_webhook / tokenbill_app).
  * - TOKENBILL_DB_TIMEOUT_SECONDS: longest wait for a connection (default 10).
  */
 import postgres from "npm:postgres@3.4.9";
 
 export type Sql = ReturnType<typeof postgres>;
 
-/**
- * The role each caller acts as: its setting, and the default when unset. The one place to
- * change when the Stripe events get a role of their own (e.g. tokenbill_webhook).
- */
-export const ROLES = {
-  webhook: { setting: "TOKENBILL_WEBHOOK_ROLE", fallback: "tokenbill_app" },
-  agent: { setting: "TOKENBILL_AGENT_ROLE", fallback: "tokenbill_app" },
+/** Each caller's settings and defaults, side by side. */
+export const CALLERS = {
+  webhook: {
+    role: "TOKENBILL_WEBHOOK_ROLE",
+    defaultRole: "tokenbill_webhook",
+    url: "TOKENBILL_WEBHOOK_DATABASE_URL",
+  },
+  agent: {
+    role: "TOKENBILL_AGENT_ROLE",
+    defaultRole: "tokenbill_app",
+    url: "TOKENBILL_AGENT_DATABASE_URL",
+  },
 } as const;
-export type Caller = keyof typeof ROLES;
+export type Caller = keyof typeof CALLERS;
 
 /** SQLSTATEs caused by the request itself (bad argument): retrying cannot help. */
 const CLIENT_SQLSTATES = new Set(["TB003"]);
 
 export function roleFor(caller: Caller): string {
-  return Deno.env.get(ROLES[caller].setting) || ROLES[caller].fallback;
+  return Deno.env.get(CALLERS[caller].role) || CALLERS[caller].defaultRole;
 }
 
-let client: Sql | undefined;
+const pools = new Map<string, Sql>();
 
-/** One small pool per isolate, opened lazily so a missing URL is a 5xx, not a boot failure. */
-function pool(): Sql {
-  if (client) return client;
-  const url = Deno.env.get("TOKENBILL_DATABASE_URL") || Deno.env.get("SUPABASE_DB_URL");
-  if (!url) throw new Error("TOKENBILL_DATABASE_URL (or SUPABASE_DB_URL) is not set");
-  client = postgres(url, {
-    max: 3,
-    connect_timeout: Number(Deno.env.get("TOKENBILL_DB_TIMEOUT_SECONDS")) || 10,
-    idle_timeout: 60,
-    prepare: false, // Supabase's transaction pooler cannot keep prepared statements
-    fetch_types: false,
-    onnotice: () => {},
-  });
+/** One small pool per URL and isolate, opened lazily so a missing URL is a 5xx, not a crash. */
+function pool(caller: Caller): Sql {
+  const url = Deno.env.get(CALLERS[caller].url) || Deno.env.get("TOKENBILL_DATABASE_URL") ||
+    Deno.env.get("SUPABASE_DB_URL");
+  if (!url) throw new Error(`${CALLERS[caller].url} (or SUPABASE_DB_URL) is not set`);
+  let client = pools.get(url);
+  if (!client) {
+    client = postgres(url, {
+      max: 3,
+      connect_timeout: Number(Deno.env.get("TOKENBILL_DB_TIMEOUT_SECONDS")) || 10,
+      idle_timeout: 60,
+      prepare: false, // Supabase's transaction pooler cannot keep prepared statements
+      fetch_types: false,
+      onnotice: () => {},
+    });
+    pools.set(url, client);
+  }
   return client;
 }
 
@@ -58,7 +72,7 @@ export class RoleError extends Error {
 
 /** Run ``work`` in one transaction acting as the caller's role; resolves after COMMIT. */
 async function asRole<T>(caller: Caller, work: (tx: Sql) => Promise<T>): Promise<T> {
-  return await pool().begin(async (tx) => {
+  return await pool(caller).begin(async (tx) => {
     const role = roleFor(caller);
     try {
       await tx`select set_config('role', ${role}, true)`;
@@ -73,9 +87,8 @@ async function asRole<T>(caller: Caller, work: (tx: Sql) => Promise<T>): Promise
 
 /** True when the database refused the arguments (TB003, or a data exception such as bad JSON). */
 export function isClientError(error: unknown): boolean {
-  const code = (error as { code?: unknown })?.code;
-  return error instanceof postgres.PostgresError && typeof code === "string" &&
-    (CLIENT_SQLSTATES.has(code) || code.startsWith("22"));
+  const code = sqlstate(error);
+  return typeof code === "string" && (CLIENT_SQLSTATES.has(code) || code.startsWith("22"));
 }
 
 /** HTTP status for a database error, like webapp/errors.py: ours are 4xx, the rest 503. */
@@ -100,7 +113,7 @@ export function sqlstate(error: unknown): string | undefined {
 }
 
 // ------------------------------------------------------------------------------------------
-// Stripe events
+// Stripe events (tokenbill_webhook)
 // ------------------------------------------------------------------------------------------
 export interface EventOutcome {
   event_id: string;
@@ -108,11 +121,19 @@ export interface EventOutcome {
   detail: string;
 }
 
-/** api.handle_stripe_event on the verified raw body: the whole effect, once, committed. */
-export async function handleStripeEvent(body: string): Promise<EventOutcome> {
+/**
+ * api.handle_stripe_event on the verified raw body: the whole effect, once, committed.
+ * ``livemode``: the mode of the Stripe key this deployment holds (null: unknown); an event of
+ * the other mode is recorded as rejected and never applied.
+ */
+export async function handleStripeEvent(
+  body: string,
+  livemode: boolean | null,
+): Promise<EventOutcome> {
   const rows = await asRole("webhook", (tx) =>
     tx<EventOutcome[]>`
-      select event_id, outcome, detail from api.handle_stripe_event(${body}::text::jsonb)`);
+      select event_id, outcome, detail
+        from api.handle_stripe_event(${body}::text::jsonb, ${livemode}::boolean)`);
   return rows[0];
 }
 
@@ -125,15 +146,24 @@ export async function recordStripeEventFailure(body: string, error: string): Pro
 }
 
 // ------------------------------------------------------------------------------------------
-// Agent metering (today's begin → finish/fail; one place to switch to reserve → settle)
+// Agent metering (tokenbill_app): reserve → settle, as webapp/agent.py and webapp/metering.py
 // ------------------------------------------------------------------------------------------
 export interface Begun {
-  outcome: "started" | "insufficient_tokens" | "replayed";
+  outcome: "started" | "insufficient_tokens" | "replayed" | "mismatch";
   conversation_id: string | null;
   balance: number;
   status: string | null;
   reply: string | null;
   error: string | null;
+  price: number;
+  charged: number | null;
+}
+
+export interface Settled {
+  status: "settled" | "already_settled";
+  message_status: "done" | "partial" | "failed" | "timeout";
+  charged: number;
+  balance: number;
 }
 
 /** The user of an API key (its SHA-256 hex), or null; also stamps the key's last use. */
@@ -145,44 +175,52 @@ export async function userForApiKey(keyHash: string): Promise<string | null> {
   return rows[0]?.user_id ?? null;
 }
 
-/** Charge ``cost`` tokens for this request id and record it, or say why not. */
+/** Reserve the price of ``agent``'s call (the database's) and record it, or say why not. */
 export async function beginAgentRequest(
   userId: string,
   requestId: string,
   conversationId: string | null,
   message: string,
-  cost: number,
+  agent: string,
+  requestHash: string,
+  holdSeconds: number,
 ): Promise<Begun> {
   const rows = await asRole("agent", (tx) =>
     tx<Begun[]>`
-      select outcome, conversation_id, balance, status, reply, error
+      select outcome, conversation_id, balance, status, reply, error, price, charged
         from api.begin_agent_request(${userId}::uuid, ${requestId}, ${conversationId}::uuid,
-                                     ${message}, ${cost}::integer)`);
+                                     ${message}, ${agent}, ${requestHash},
+                                     ${holdSeconds}::integer)`);
   return rows[0];
 }
 
-/** Store the reply of a started request; returns the balance. */
-export async function finishAgentRequest(
+/**
+ * Settle a started request however it ended: 'done' with the computed reply (charged), or
+ * 'failed' / 'timeout' with nothing delivered (released). The database decides the charge.
+ */
+export async function settleAgentRequest(
   userId: string,
   requestId: string,
+  outcome: "done" | "failed" | "timeout",
   reply: string,
-): Promise<number> {
+  inputChars: number,
+  error: string | null,
+): Promise<Settled> {
+  const parts = reply ? 1 : 0;
   const rows = await asRole("agent", (tx) =>
-    tx<{ balance: number }[]>`
-      select balance from api.finish_agent_request(${userId}::uuid, ${requestId}, ${reply})`);
-  return rows[0].balance;
+    tx<Settled[]>`
+      select status, message_status, charged, balance
+        from api.settle_agent_request(${userId}::uuid, ${requestId}, ${outcome}, ${reply},
+                                      ${inputChars}::integer, ${(error ?? "").slice(0, 1000)},
+                                      ${parts}::integer)`);
+  return rows[0];
 }
 
-/** Mark a started request failed and give its tokens back; returns the balance. */
-export async function failAgentRequest(
-  userId: string,
-  requestId: string,
-  error: string,
-  timedOut: boolean,
-): Promise<number> {
-  const rows = await asRole("agent", (tx) =>
-    tx<{ balance: number }[]>`
-      select balance from api.fail_agent_request(${userId}::uuid, ${requestId},
-                                                 ${error.slice(0, 1000)}, ${timedOut})`);
-  return rows[0].balance;
+/** Settle every overdue hold (dead instances' calls); returns how many. */
+export async function expireAgentHolds(): Promise<number> {
+  const rows = await asRole(
+    "agent",
+    (tx) => tx<{ n: number }[]>`select api.expire_agent_holds() as n`,
+  );
+  return rows[0]?.n ?? 0;
 }

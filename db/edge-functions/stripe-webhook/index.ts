@@ -7,7 +7,13 @@
  * lost grant can never be recovered from Stripe's side. Forged, stale or malformed → 400;
  * a body over TOKENBILL_WEBHOOK_MAX_BYTES (default 1 MiB) → 413; both change nothing.
  *
- * Secrets: STRIPE_WEBHOOK_SECRET (whsec_…) plus the database settings in ../_shared/db.ts.
+ * The event is applied as `tokenbill_webhook`, the only role allowed to (../_shared/db.ts), with
+ * the mode of the deployment's Stripe key: an event of the other mode (a test event reaching a
+ * live deployment, or the reverse) is recorded as rejected and grants nothing.
+ *
+ * Secrets: STRIPE_WEBHOOK_SECRET (whsec_…); STRIPE_SECRET_KEY, only read for its mode
+ * (`sk_live_…`/`rk_live_…` live, else test; unset: no mode check), exactly as
+ * webapp/config.py's stripe_livemode; plus the database settings in ../_shared/db.ts.
  * Deploy with JWT verification off: Stripe sends no Supabase token (see db/README.md).
  */
 import Stripe from "npm:stripe@23.1.0";
@@ -16,6 +22,12 @@ import { envNumber, json, log, readCapped } from "../_shared/http.ts";
 
 const cryptoProvider = Stripe.createSubtleCryptoProvider();
 const DEFAULT_MAX_BYTES = 1024 * 1024;
+
+/** The mode of the configured Stripe key, or null without one (as webapp/config.py). */
+export function stripeLivemode(): boolean | null {
+  const key = Deno.env.get("STRIPE_SECRET_KEY") ?? "";
+  return key ? key.includes("_live_") : null;
+}
 
 export async function handle(request: Request): Promise<Response> {
   if (request.method !== "POST") return json(405, { error: "POST only" });
@@ -55,7 +67,7 @@ export async function handle(request: Request): Promise<Response> {
   const eventId = String((event as { id?: unknown }).id ?? "");
 
   try {
-    const row = await db.handleStripeEvent(body);
+    const row = await db.handleStripeEvent(body, stripeLivemode());
     log("info", "stripe event handled", { ...row });
     return json(200, { received: true, outcome: row.outcome, detail: row.detail });
   } catch (error) {
