@@ -1,8 +1,16 @@
 /*
- * Give Supabase's `service_role` exactly the privileges of the roles tokenbill's callers act
- * as, on tokenbill's schemas: no more (it gets nothing on the private tables) and no less (it
- * can call every api function the web app can). Run it as the migration owner (Supabase's
- * `postgres`) after every `python -m scripts.migrate`; it is idempotent.
+ * Give Supabase's `service_role` exactly the privileges of ONE tokenbill group role on
+ * tokenbill's schemas: no more (it gets nothing on the private tables) and no less. Run it as
+ * the migration owner (Supabase's `postgres`) after every `python -m scripts.migrate`; it is
+ * idempotent. Which role it mirrors is the setting `tokenbill.service_role_mirrors`:
+ *   tokenbill_app (default) — the web role: register, API keys, the agent's reserve → settle;
+ *   tokenbill_webhook       — applies Stripe events (only if a webhook calls the api by RPC);
+ *   none                    — nothing at all (the Edge Functions use their own logins and
+ *                             need nothing from service_role).
+ *   psql "$MIGRATION_URL" -v ON_ERROR_STOP=1 \
+ *       -c "set tokenbill.service_role_mirrors = 'tokenbill_app'" -f db/supabase/service_role.sql
+ * Never both app and webhook: whoever holds the service key could then both run the app's
+ * calls and apply (forge) Stripe events. Any other value is refused and changes nothing.
  *
  * Why a copy and not `grant tokenbill_app to service_role`: Supabase creates service_role (and
  * anon, authenticated) NOINHERIT, so a membership alone gives it nothing when PostgREST
@@ -13,14 +21,23 @@
  */
 do $mirror$
 declare
-    -- The roles whose privileges service_role mirrors (the union of them).
-    v_sources regrole[] := array['tokenbill_app']::regrole[];
+    v_choice text := coalesce(nullif(btrim(current_setting('tokenbill.service_role_mirrors', true)), ''),
+                              'tokenbill_app');
+    -- The role whose privileges service_role mirrors (none: an empty list, nothing granted).
+    v_sources regrole[];
     v_target regrole := 'service_role';
     v_schemas text[] := array['api', 'tokenbill'];
     v_object record;
     v_privilege text;
     v_granted boolean;
 begin
+    if v_choice not in ('tokenbill_app', 'tokenbill_webhook', 'none') then
+        raise exception 'tokenbill.service_role_mirrors must be tokenbill_app, tokenbill_webhook or none, not %',
+            v_choice
+            using hint = 'service_role is reachable with the service key: give it one group role at most.';
+    end if;
+    v_sources := case when v_choice = 'none' then array[]::regrole[] else array[v_choice::regrole] end;
+
     for v_object in
         select 'schema ' || quote_ident(n.nspname) as name, n.oid, 'schema' as kind
           from pg_catalog.pg_namespace n where n.nspname = any (v_schemas)

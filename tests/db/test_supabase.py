@@ -11,10 +11,12 @@ table and function to them by default privileges, as Supabase's does.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,9 @@ from tests.support import stripe_events as ev
 from tests.support.edge_functions import postgres_url, serve_function
 
 OWNER = "supa_postgres"
-EDGE_LOGIN = "tokenbill_edge"
+# db/README.md step 3: one login per function, each a member of one group role only.
+EDGE_LOGINS = {"webhook": "tokenbill_edge_webhook", "agent": "tokenbill_edge_agent"}
+EDGE_GROUPS = {"webhook": "tokenbill_webhook", "agent": "tokenbill_app"}
 API_ROLES = ("anon", "authenticated", "service_role")
 SERVICE_ROLE_SQL = Path(__file__).resolve().parents[2] / "db" / "supabase" / "service_role.sql"
 
@@ -143,11 +147,18 @@ def supabase(request: pytest.FixtureRequest) -> Iterator[SupabaseLike]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def mirror(supabase: SupabaseLike, choice: str | None = None) -> None:
+    """db/supabase/service_role.sql, by the owner, as the deploy guide says (choice: the
+    tokenbill.service_role_mirrors setting; None: unset, the default)."""
+    with supabase.connect() as conn:
+        if choice is not None:
+            conn.execute("select set_config('tokenbill.service_role_mirrors', %s, false)", [choice])
+        conn.execute(SERVICE_ROLE_SQL.read_text())  # type: ignore[arg-type]  # trusted file
+
+
 @pytest.fixture(scope="module")
 def mirrored(supabase: SupabaseLike) -> SupabaseLike:
-    """db/supabase/service_role.sql applied, by the owner, as the deploy guide says."""
-    with supabase.connect() as conn:
-        conn.execute(SERVICE_ROLE_SQL.read_text())  # type: ignore[arg-type]  # trusted file
+    mirror(supabase)
     return supabase
 
 
@@ -175,105 +186,200 @@ def test_supabase_public_roles_reach_nothing_of_tokenbill(supabase: SupabaseLike
 
 def test_service_role_gets_exactly_what_the_app_role_gets(supabase: SupabaseLike):
     app = supabase.privileges("tokenbill_app")
-    assert ("routine api.handle_stripe_event(jsonb)", "EXECUTE") in app
+    assert (
+        "routine api.begin_agent_request(uuid,text,uuid,text,text,text,integer)",
+        "EXECUTE",
+    ) in app
+    assert ("routine api.handle_stripe_event(jsonb,boolean)", "EXECUTE") not in app  # 0013
     with supabase.connect() as conn:  # what db/README.md used to advise
         conn.execute("grant tokenbill_app to service_role")
     assert supabase.privileges("service_role") == set()  # NOINHERIT: a membership is not enough
     with supabase.connect() as conn:
         conn.execute("revoke tokenbill_app from service_role")
 
-    with supabase.connect() as conn:
-        for _ in range(2):  # idempotent: run after every migration
-            conn.execute(SERVICE_ROLE_SQL.read_text())  # type: ignore[arg-type]
+    for _ in range(2):  # idempotent: run after every migration
+        mirror(supabase)
 
     assert supabase.privileges("service_role") == app
 
 
+def test_service_role_mirrors_one_group_role_at_most(supabase: SupabaseLike):
+    """The service key reaches service_role: it may hold the web role's or the webhook's
+    privileges, never both (it could then forge grants), and `none` leaves it nothing."""
+    webhook = supabase.privileges("tokenbill_webhook")
+    assert ("routine api.handle_stripe_event(jsonb,boolean)", "EXECUTE") in webhook
+    try:
+        mirror(supabase, "tokenbill_webhook")
+        assert supabase.privileges("service_role") == webhook
+
+        for refused in ("tokenbill_app,tokenbill_webhook", "tokenbill_admin", "postgres"):
+            with pytest.raises(psycopg.errors.RaiseException, match="service_role_mirrors"):
+                mirror(supabase, refused)
+            assert supabase.privileges("service_role") == webhook  # unchanged
+
+        mirror(supabase, "none")
+        assert supabase.privileges("service_role") == set()
+    finally:
+        mirror(supabase)
+    assert supabase.privileges("service_role") == supabase.privileges("tokenbill_app")
+
+
 def test_service_role_calls_the_api_like_postgrest_would(mirrored: SupabaseLike):
-    """PostgREST logs in as authenticator and switches to service_role for the secret key."""
+    """PostgREST logs in as authenticator and switches to service_role for the secret key:
+    mirroring the web role, it can reserve an agent call but not apply a Stripe event."""
     authenticator = make_conninfo(mirrored.superuser_url, user="authenticator", dbname="tokenbill")
     evt = ev.event("customer.created", {"id": "cus_1", "object": "customer"})
     with mirrored.connect(authenticator) as conn:
         conn.execute("set role service_role")
-        row = conn.execute(
-            "select outcome from api.handle_stripe_event(%s::jsonb)", [ev.encode(evt).decode()]
-        ).fetchone()
-        assert row == {"outcome": "ignored"}
+        price = conn.execute("select max_per_call from api.agent_price('*')").fetchone()
+        assert price == {"max_per_call": 1}
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "select * from api.handle_stripe_event(%s::jsonb)", [ev.encode(evt).decode()]
+            )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select * from tokenbill.users")
 
 
 @pytest.fixture(scope="module")
-def edge_login(mirrored: SupabaseLike) -> str:
-    """The login the Edge Functions use (db/README.md): it can only become tokenbill_app."""
+def edge_logins(mirrored: SupabaseLike) -> dict[str, str]:
+    """The functions' logins (db/README.md step 3), NOINHERIT: nothing until SET ROLE, and
+    each can become one group role only. Their postgres:// URLs by caller."""
+    urls = {}
     with mirrored.connect() as conn:
-        conn.execute(f"create role {EDGE_LOGIN} login noinherit")
-        conn.execute(f"grant tokenbill_app to {EDGE_LOGIN}")
-    assert mirrored.privileges(EDGE_LOGIN) == set()  # NOINHERIT: nothing until SET ROLE
-    return postgres_url(make_conninfo(mirrored.owner_url, user=EDGE_LOGIN))
+        for caller, login in EDGE_LOGINS.items():
+            conn.execute(f"create role {login} login noinherit")
+            conn.execute(f"grant {EDGE_GROUPS[caller]} to {login}")
+            urls[caller] = postgres_url(make_conninfo(mirrored.owner_url, user=login))
+    for login in EDGE_LOGINS.values():
+        assert mirrored.privileges(login) == set()
+    return urls
+
+
+def register(supabase: SupabaseLike, balance: int = 0) -> uuid.UUID:
+    """A new user holding ``balance`` tokens (funded by a new admin, as operators do)."""
+    with supabase.connect() as conn:
+        emails = [f"{uuid.uuid4().hex}@example.test" for _ in range(2)]
+        user, admin = (
+            conn.execute("select api.register_user(%s, 'x') as id", [email]).fetchone()["id"]
+            for email in emails
+        )
+        if balance:
+            conn.execute("select api.set_admin(%s)", [emails[1]])
+            conn.execute("select api.admin_adjust(%s, %s, %s, 'test')", [admin, user, balance])
+    return user
+
+
+def balance(supabase: SupabaseLike, user: uuid.UUID) -> int:
+    with supabase.connect() as conn:
+        return conn.execute("select balance from api.accounts where id = %s", [user]).fetchone()[
+            "balance"
+        ]
+
+
+def signed_post(url: str, evt: dict[str, Any]) -> requests.Response:
+    body, header = ev.signed(evt, WEBHOOK_SECRET)
+    return requests.post(url, data=body, headers={"Stripe-Signature": header}, timeout=30)
+
+
+def webhook_settings(url: str, **extra: str) -> dict[str, str]:
+    return {
+        "TOKENBILL_WEBHOOK_DATABASE_URL": url,
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "TOKENBILL_DB_TIMEOUT_SECONDS": "2",
+        **extra,
+    }
 
 
 def test_webhook_function_on_supabase_layout_survives_a_database_stop(
-    mirrored: SupabaseLike, edge_login: str
+    mirrored: SupabaseLike, edge_logins: dict[str, str]
 ):
-    with mirrored.connect() as conn:
-        user = conn.execute("select api.register_user('edge@example.test', 'x') as id").fetchone()[
-            "id"
-        ]
-
-    def balance() -> int:
-        with mirrored.connect() as conn:
-            return conn.execute(
-                "select balance from api.accounts where id = %s", [user]
-            ).fetchone()["balance"]
-
+    user = register(mirrored)
     first = ev.checkout_session_completed(user, "tokens_100", 500)
     second = ev.payment_intent_succeeded(user, "tokens_250", 1000)
-    settings = {
-        "TOKENBILL_DATABASE_URL": edge_login,
-        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "TOKENBILL_DB_TIMEOUT_SECONDS": "2",
-    }
-    with serve_function("stripe-webhook", **settings) as fn:
-
-        def deliver(evt: dict[str, Any]) -> requests.Response:
-            body, header = ev.signed(evt, WEBHOOK_SECRET)
-            return requests.post(
-                fn.url, data=body, headers={"Stripe-Signature": header}, timeout=30
-            )
-
-        assert deliver(first).json()["outcome"] == "processed"
-        assert balance() == 100
+    with serve_function("stripe-webhook", **webhook_settings(edge_logins["webhook"])) as fn:
+        assert signed_post(fn.url, first).json()["outcome"] == "processed"
+        assert balance(mirrored, user) == 100
 
         services.stop_postgres(mirrored.data_dir)
         try:
-            refused = deliver(second)
+            refused = signed_post(fn.url, second)
         finally:
             services.ensure_postgres(mirrored.data_dir, mirrored.port)
         assert refused.status_code == 500
 
-        retried = deliver(second)
+        retried = signed_post(fn.url, second)
         assert retried.status_code == 200 and retried.json()["outcome"] == "processed"
-        assert deliver(first).json()["outcome"] == "duplicate"
-    assert balance() == 350
+        assert signed_post(fn.url, first).json()["outcome"] == "duplicate"
+    assert balance(mirrored, user) == 350
 
 
-def test_the_builtin_supabase_db_url_works_once_postgres_may_become_the_app_role(
+def test_agent_meter_on_supabase_layout_reserves_and_settles(
+    mirrored: SupabaseLike, edge_logins: dict[str, str]
+):
+    user = register(mirrored, balance=2)
+    key = "tb_" + uuid.uuid4().hex
+    with mirrored.connect() as conn:
+        conn.execute(
+            "select api.create_api_key(%s, 'edge', %s, %s)",
+            [user, key[:10], hashlib.sha256(key.encode()).hexdigest()],
+        )
+    settings = {"TOKENBILL_AGENT_DATABASE_URL": edge_logins["agent"]}
+    with serve_function("agent-meter", **settings) as fn:
+        response = requests.post(
+            fn.url, json={"message": "hi"}, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+    assert response.status_code == 200 and response.json()["cost"] == 1
+    assert balance(mirrored, user) == 1
+    with mirrored.connect() as conn:
+        kinds = [
+            r["kind"]
+            for r in conn.execute(
+                "select kind from api.ledger_entries where user_id = %s order by id", [user]
+            )
+        ]
+        assert conn.execute("select * from api.ledger_audit()").fetchall() == []
+    assert kinds == ["admin_adjustment", "reserve", "settle"]
+
+
+def test_each_login_does_only_its_own_functions_work(
+    mirrored: SupabaseLike, edge_logins: dict[str, str]
+):
+    """Swapped logins (a misconfiguration, or one function's login stolen by the other) fail
+    closed: the agent's login cannot apply an event, the webhook's cannot charge anyone."""
+    user = register(mirrored, balance=2)
+    evt = ev.checkout_session_completed(user, "tokens_100", 500)
+    with serve_function("stripe-webhook", **webhook_settings(edge_logins["agent"])) as fn:
+        assert signed_post(fn.url, evt).status_code == 500
+
+    key = "tb_" + uuid.uuid4().hex
+    with mirrored.connect() as conn:
+        conn.execute(
+            "select api.create_api_key(%s, 'edge', %s, %s)",
+            [user, key[:10], hashlib.sha256(key.encode()).hexdigest()],
+        )
+    with serve_function("agent-meter", TOKENBILL_AGENT_DATABASE_URL=edge_logins["webhook"]) as fn:
+        response = requests.post(
+            fn.url, json={"message": "hi"}, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+    assert response.status_code == 503
+    assert balance(mirrored, user) == 2
+    with mirrored.connect() as conn:
+        assert (
+            conn.execute("select 1 from api.stripe_events where id = %s", [evt["id"]]).fetchone()
+            is None
+        )
+
+
+def test_the_builtin_supabase_db_url_works_once_postgres_may_become_the_webhook_role(
     mirrored: SupabaseLike,
 ):
-    """The fallback of db/README.md step 3: no TOKENBILL_DATABASE_URL, the owner's login."""
+    """The fallback of db/README.md step 3: no TOKENBILL_*_DATABASE_URL, the owner's login."""
     evt = ev.event("customer.created", {"id": "cus_2", "object": "customer"})
-    body, header = ev.signed(evt, WEBHOOK_SECRET)
     settings = {"SUPABASE_DB_URL": postgres_url(mirrored.owner_url)}
     with serve_function("stripe-webhook", STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET, **settings) as fn:
-
-        def post() -> requests.Response:
-            return requests.post(
-                fn.url, data=body, headers={"Stripe-Signature": header}, timeout=30
-            )
-
-        assert post().status_code == 500  # postgres is not a member of tokenbill_app yet
+        assert signed_post(fn.url, evt).status_code == 500  # not a member of tokenbill_webhook
         with mirrored.connect() as conn:
-            conn.execute(f"grant tokenbill_app to {OWNER}")
-        answer = post()
+            conn.execute(f"grant tokenbill_webhook to {OWNER}")
+        answer = signed_post(fn.url, evt)
     assert answer.status_code == 200 and answer.json()["outcome"] == "ignored"
