@@ -37,6 +37,7 @@ OWNER = "supa_postgres"
 # db/README.md step 3: one login per function, each a member of one group role only.
 EDGE_LOGINS = {"webhook": "tokenbill_edge_webhook", "agent": "tokenbill_edge_agent"}
 EDGE_GROUPS = {"webhook": "tokenbill_webhook", "agent": "tokenbill_app"}
+GROUP_ROLES = ("tokenbill_admin", "tokenbill_app", "tokenbill_notifier", "tokenbill_webhook")
 API_ROLES = ("anon", "authenticated", "service_role")
 SERVICE_ROLE_SQL = Path(__file__).resolve().parents[2] / "db" / "supabase" / "service_role.sql"
 
@@ -168,13 +169,17 @@ def test_every_migration_applies_as_a_non_superuser_owner(supabase: SupabaseLike
         me = conn.execute(
             "select rolsuper, rolcreaterole from pg_roles where rolname = current_user"
         ).fetchone()
-        app = conn.execute(
-            "select pg_get_userbyid(n.nspowner) as schema_owner,"
-            " exists (select from pg_roles where rolname = 'tokenbill_app') as app_role"
-            " from pg_namespace n where n.nspname = 'api'"
+        schema_owner = conn.execute(
+            "select pg_get_userbyid(nspowner) as name from pg_namespace where nspname = 'api'"
         ).fetchone()
+        groups = conn.execute(
+            "select rolname, rolcanlogin from pg_roles where rolname = any(%s) order by rolname",
+            [list(GROUP_ROLES)],
+        ).fetchall()
     assert me == {"rolsuper": False, "rolcreaterole": True}
-    assert app == {"schema_owner": OWNER, "app_role": True}
+    assert schema_owner == {"name": OWNER}
+    # 0001's and 0013's group roles, made by the owner with CREATEROLE alone; none can log in
+    assert groups == [{"rolname": name, "rolcanlogin": False} for name in GROUP_ROLES]
 
 
 @pytest.mark.parametrize("role", ["anon", "authenticated"])
