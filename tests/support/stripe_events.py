@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ __all__ = [
     "shared_fixture",
     "sign",
     "signed",
+    "unverifiable_deliveries",
 ]
 
 
@@ -77,3 +80,43 @@ def shared_fixture(name: str) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: the shared Stripe fixtures must sit beside the checkout")
     return copy.deepcopy(json.loads(path.read_text()))
+
+
+Tamper = Callable[[dict[str, Any]], tuple[bytes, str | None]]
+
+
+def unverifiable_deliveries(secret: str) -> list[Tamper]:
+    """Ways a delivery of an event must be refused (400) before anything is applied.
+
+    Each returns the body and the Stripe-Signature header (None: no header). The event is
+    expected to be a tokens_100 checkout for 500 cents (``_altered`` edits the amount).
+    """
+
+    def wrong_secret(evt: dict[str, Any]) -> tuple[bytes, str | None]:
+        body = encode(evt)
+        return body, sign(body, "whsec_not_ours")
+
+    def stale(evt: dict[str, Any]) -> tuple[bytes, str | None]:
+        body = encode(evt)
+        return body, sign(body, secret, int(time.time()) - 301)
+
+    def altered(evt: dict[str, Any]) -> tuple[bytes, str | None]:
+        body = encode(evt)
+        header = sign(body, secret)
+        return body.replace(b'"amount_total":500', b'"amount_total":50'), header
+
+    def missing(evt: dict[str, Any]) -> tuple[bytes, str | None]:
+        return encode(evt), None
+
+    def malformed(evt: dict[str, Any]) -> tuple[bytes, str | None]:
+        body = b'{"id": "evt_broken", "type": '
+        return body, sign(body, secret)
+
+    def not_an_object(evt: dict[str, Any]) -> tuple[bytes, str | None]:
+        body = b'["checkout.session.completed"]'
+        return body, sign(body, secret)
+
+    def garbage_header(evt: dict[str, Any]) -> tuple[bytes, str | None]:
+        return encode(evt), "t=abc,v1=zzz"
+
+    return [wrong_secret, stale, altered, missing, malformed, not_an_object, garbage_header]

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,43 +35,8 @@ def ledger_stays_consistent(owner) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 # Verification
 # --------------------------------------------------------------------------------------------
-def _wrong_secret(evt):
-    body = ev.encode(evt)
-    return body, ev.sign(body, "whsec_not_ours")
-
-
-def _stale(evt):
-    body = ev.encode(evt)
-    return body, ev.sign(body, WEBHOOK_SECRET, int(time.time()) - 301)
-
-
-def _altered(evt):
-    body = ev.encode(evt)
-    header = ev.sign(body, WEBHOOK_SECRET)
-    return body.replace(b'"amount_total":500', b'"amount_total":50'), header
-
-
-def _missing(evt):
-    return ev.encode(evt), None
-
-
-def _malformed(evt):
-    body = b'{"id": "evt_broken", "type": '
-    return body, ev.sign(body, WEBHOOK_SECRET)
-
-
-def _not_an_object(evt):
-    body = b'["checkout.session.completed"]'
-    return body, ev.sign(body, WEBHOOK_SECRET)
-
-
-def _garbage_header(evt):
-    return ev.encode(evt), "t=abc,v1=zzz"
-
-
 @pytest.mark.parametrize(
-    "tamper",
-    [_wrong_secret, _stale, _altered, _missing, _malformed, _not_an_object, _garbage_header],
+    "tamper", ev.unverifiable_deliveries(WEBHOOK_SECRET), ids=lambda t: t.__name__
 )
 def test_unverifiable_deliveries_are_refused_and_change_nothing(client, owner, make_user, tamper):
     user = make_user()

@@ -3,8 +3,9 @@
 Each applied file is recorded with its SHA-256 in ``public.tokenbill_migrations``. Running again
 applies only new files; an applied file whose contents changed is an error (write a new
 migration instead), and so is a pending file numbered below the highest applied one (it was
-written against an older schema than the database has: renumber it above the newest).
-A session-level advisory lock makes concurrent runs wait for each other.
+written against an older schema than the database has: renumber it above the newest). A
+session-level advisory lock makes concurrent runs wait for each other. The migrations table
+itself is readable and writable by its owner only.
 
 Usage: ``flask --app webapp migrate [--database-url URL] [--status]``; the URL defaults to
 ``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
@@ -25,6 +26,27 @@ from .connection import operator_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
+
+# The record of what ran is the owner's alone. Hosts that hand new tables in schema public to
+# API roles by default privileges (Supabase: anon, authenticated, service_role) would otherwise
+# let a public API key rewrite it.
+REVOKE_FROM_OTHERS = """
+do $$
+declare
+    v_grantee text;
+begin
+    revoke all on public.tokenbill_migrations from public;
+    for v_grantee in
+        select distinct a.grantee::regrole::text
+          from pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         where c.oid = 'public.tokenbill_migrations'::regclass
+           and a.grantee not in (0, c.relowner)
+    loop
+        execute format('revoke all on public.tokenbill_migrations from %s', v_grantee);
+    end loop;
+end
+$$
+"""
 
 log = logging.getLogger("tokenbill.migrate")
 
@@ -86,6 +108,7 @@ def upgrade(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     applied_at timestamptz not null default now())
                 """
             )
+            conn.execute(REVOKE_FROM_OTHERS)
             applied = dict(
                 conn.execute("select version, checksum from public.tokenbill_migrations").fetchall()
             )
