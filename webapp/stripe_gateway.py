@@ -1,6 +1,6 @@
 """The Stripe SDK client, built from config, and the checkout fulfilment shared by every caller.
 
-The success page and ``scripts.reconcile`` both fulfil a Checkout Session through
+The success page and ``flask --app webapp reconcile`` both fulfil a Checkout Session through
 ``fulfil_session``; the webhook reaches the same SQL (tokenbill.fulfil_checkout_session)
 through api.handle_stripe_event. Granting therefore happens once whichever arrives first.
 """

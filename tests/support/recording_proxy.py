@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
+from workshop.net import ServerThread
+
 HOP_BY_HOP = {"host", "content-length", "connection", "accept-encoding", "transfer-encoding"}
 
 
@@ -53,9 +55,7 @@ class RecordingProxy:
         self._ids_by_key: dict[str, str] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+        self._serving = ServerThread(self._server)
 
     @property
     def url(self) -> str:
@@ -76,7 +76,7 @@ class RecordingProxy:
             self._requests.clear()
 
     def __enter__(self) -> RecordingProxy:
-        self._thread.start()
+        self._serving.start()
         return self
 
     def __exit__(
@@ -85,9 +85,7 @@ class RecordingProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
