@@ -1,0 +1,340 @@
+/*
+ * 0018 — a leaner billing hot path, proven by scripts/bench_pgbench.py (docs/performance.md).
+ *
+ * Same signatures, same results, same guarantees; fewer statements and less work per charge:
+ *   - tokenbill.post_entry stays the only writer of balances. It now also records the
+ *     low-balance alert itself, only when the movement crosses the user's threshold (the
+ *     threshold comes back from the UPDATE it already runs), so the per-row plpgsql trigger of
+ *     0009/0014 (a function call and a users lookup on every consumption and reserve) is gone.
+ *     It gains p_if_new (default false, so every other caller is unchanged: a duplicate
+ *     once-only row still raises 23505): api.consume passes true, and then its INSERT is
+ *     ON CONFLICT DO NOTHING on ledger_consumption_once; when a concurrent twin of the same
+ *     request committed first, it gives its own UPDATE back (nothing moved, nothing written)
+ *     and returns NULL, so consume answers 'replayed' instead of failing.
+ *   - api.consume no longer takes the user's row with SELECT … FOR UPDATE (lock_user): the
+ *     conditional UPDATE inside post_entry is the lock. The replay lookup runs first (a
+ *     committed first call is visible to it); a twin racing past it is caught by the
+ *     ON CONFLICT above. Happy path: one index probe, one UPDATE, one INSERT.
+ *   - the ledger's reporting index (created_at, kind), one more B-tree entry on every insert,
+ *     becomes a BRIN index on created_at: the ledger is append-only, so created_at follows the
+ *     physical order and api.daily_stats' date range still finds its blocks.
+ *   - api.settle_agent_request updates the assistant message and its conversation in one
+ *     statement; api.begin_agent_request re-reads the balance only when it expired a hold.
+ */
+
+-- ============================================================================================
+-- Low-balance alerts move into the one writer
+-- ============================================================================================
+drop trigger ledger_low_balance_alert on tokenbill.ledger;
+drop function tokenbill.record_low_balance_alert();
+drop function tokenbill.post_entry(uuid, tokenbill.ledger_kind, integer, boolean, text, bigint,
+                                   text, text, text, text, text, text, uuid);
+
+/**
+ * Move p_delta tokens for a user and append the ledger row, in one place, so that
+ * users.balance always equals the sum of the user's ledger deltas.
+ * Returns the new balance, or NULL (and changes nothing) when the balance would drop below
+ * zero and p_allow_negative is false — or, with p_if_new, when that consumption's request id
+ * was charged already (without p_if_new that is a unique violation, 23505). A consumption or reserve that takes the
+ * balance from at or above the user's low-balance threshold to below it records one alert.
+ */
+create function tokenbill.post_entry(
+    p_user_id uuid,
+    p_kind tokenbill.ledger_kind,
+    p_delta integer,
+    p_allow_negative boolean default false,
+    p_request_id text default null,
+    p_payment_id bigint default null,
+    p_checkout_session_id text default null,
+    p_payment_intent_id text default null,
+    p_charge_id text default null,
+    p_dispute_id text default null,
+    p_stripe_event_id text default null,
+    p_reason text default null,
+    p_actor_id uuid default null,
+    p_if_new boolean default false
+) returns integer
+language plpgsql set search_path = '' as $$
+declare
+    v_balance integer;
+    v_threshold integer;
+    v_ledger_id bigint;
+begin
+    update tokenbill.users
+       set balance = balance + p_delta
+     where id = p_user_id
+       and (p_allow_negative or balance + p_delta >= 0)
+    returning balance, low_balance_threshold into v_balance, v_threshold;
+    if not found then
+        return null;
+    end if;
+
+    if p_if_new and p_kind = 'consumption' then
+        insert into tokenbill.ledger (
+            user_id, kind, delta, balance_after, request_id, payment_id, checkout_session_id,
+            payment_intent_id, charge_id, dispute_id, stripe_event_id, reason, actor_id)
+        values (
+            p_user_id, p_kind, p_delta, v_balance, p_request_id, p_payment_id,
+            p_checkout_session_id, p_payment_intent_id, p_charge_id, p_dispute_id,
+            p_stripe_event_id, p_reason, p_actor_id)
+        on conflict (user_id, request_id) where kind = 'consumption' do nothing
+        returning id into v_ledger_id;
+        if v_ledger_id is null then
+            -- charged already: give our UPDATE back, so this call moved nothing
+            update tokenbill.users set balance = balance - p_delta where id = p_user_id;
+            return null;
+        end if;
+    else
+        insert into tokenbill.ledger (
+            user_id, kind, delta, balance_after, request_id, payment_id, checkout_session_id,
+            payment_intent_id, charge_id, dispute_id, stripe_event_id, reason, actor_id)
+        values (
+            p_user_id, p_kind, p_delta, v_balance, p_request_id, p_payment_id,
+            p_checkout_session_id, p_payment_intent_id, p_charge_id, p_dispute_id,
+            p_stripe_event_id, p_reason, p_actor_id)
+        returning id into v_ledger_id;
+    end if;
+
+    if v_balance < v_threshold and v_balance - p_delta >= v_threshold
+       and p_kind::text in ('consumption', 'reserve') then
+        insert into tokenbill.low_balance_alerts (user_id, ledger_id, threshold, balance)
+        values (p_user_id, v_ledger_id, v_threshold, v_balance);
+    end if;
+    return v_balance;
+end
+$$;
+
+-- ============================================================================================
+-- api.consume: no separate row lock
+-- ============================================================================================
+/**
+ * Take p_cost tokens for one agent request. Idempotent per (user, request id): a second call
+ * with the same request id charges nothing and returns the first call's result with
+ * reason 'replayed'. Refuses (ok = false, reason 'insufficient_tokens') rather than overdraw.
+ * The conditional UPDATE in tokenbill.post_entry is the only lock taken (0018).
+ */
+create or replace function api.consume(p_user_id uuid, p_request_id text, p_cost integer default 1)
+returns table (ok boolean, balance integer, reason text)
+language plpgsql security definer set search_path = '' as $$
+declare
+    v_new integer;
+    v_previous integer;
+begin
+    if p_request_id is null or length(p_request_id) not between 1 and 200 then
+        raise exception 'request id must be 1 to 200 characters' using errcode = 'TB003';
+    end if;
+    if p_cost is null or p_cost < 1 then
+        raise exception 'cost must be a positive number of tokens' using errcode = 'TB003';
+    end if;
+
+    select l.balance_after into v_previous
+      from tokenbill.ledger l
+     where l.user_id = p_user_id and l.request_id = p_request_id and l.kind = 'consumption';
+    if found then
+        return query select true, v_previous, 'replayed'::text;
+        return;
+    end if;
+
+    v_new := tokenbill.post_entry(p_user_id, 'consumption', -p_cost, p_request_id => p_request_id,
+                                  p_if_new => true);
+    if v_new is not null then
+        return query select true, v_new, null::text;
+        return;
+    end if;
+
+    -- refused, or a twin of this request committed while we waited for the row: which one?
+    select l.balance_after into v_previous
+      from tokenbill.ledger l
+     where l.user_id = p_user_id and l.request_id = p_request_id and l.kind = 'consumption';
+    if found then
+        return query select true, v_previous, 'replayed'::text;
+        return;
+    end if;
+    select u.balance into v_new from tokenbill.users u where u.id = p_user_id;
+    if not found then
+        raise exception 'unknown user %', p_user_id using errcode = 'TB002';
+    end if;
+    return query select false, v_new, 'insufficient_tokens'::text;
+end
+$$;
+
+-- ============================================================================================
+-- The reporting index off the hot path's B-trees
+-- ============================================================================================
+drop index tokenbill.ledger_created_kind_idx;
+create index ledger_created_brin on tokenbill.ledger using brin (created_at);
+
+-- ============================================================================================
+-- The agent request: same contract as 0014, fewer statements
+-- ============================================================================================
+create or replace function api.begin_agent_request(
+    p_user_id uuid,
+    p_request_id text,
+    p_conversation_id uuid,
+    p_message text,
+    p_agent text,
+    p_request_hash text,
+    p_hold_seconds integer
+) returns table (
+    outcome text, conversation_id uuid, balance integer, status text, reply text, error text,
+    price integer, charged integer
+)
+language plpgsql security definer set search_path = '' as $$
+declare
+    v_balance integer;
+    v_prior tokenbill.messages;
+    v_hold tokenbill.agent_holds;
+    v_price tokenbill.prices;
+    v_conversation uuid := p_conversation_id;
+    v_new integer;
+    v_overdue bigint;
+begin
+    if p_message is null or length(btrim(p_message)) = 0 or length(p_message) > 20000 then
+        raise exception 'message must be 1 to 20000 characters' using errcode = 'TB003';
+    end if;
+    if p_request_id is null or length(p_request_id) not between 1 and 200 then
+        raise exception 'request id must be 1 to 200 characters' using errcode = 'TB003';
+    end if;
+    if p_request_hash is null or length(p_request_hash) not between 1 and 200 then
+        raise exception 'request hash is required' using errcode = 'TB003';
+    end if;
+    if p_hold_seconds is null or p_hold_seconds not between 1 and 86400 then
+        raise exception 'hold must last 1 to 86400 seconds' using errcode = 'TB003';
+    end if;
+
+    -- one request of a user at a time: a concurrent retry waits here, then sees the first row
+    v_balance := tokenbill.lock_user(p_user_id);
+    for v_overdue in
+        select h.id from tokenbill.agent_holds h
+         where h.user_id = p_user_id and h.status = 'held' and h.expires_at <= now()
+         order by h.id
+    loop
+        if tokenbill.expire_hold(v_overdue) then
+            select u.balance into v_balance from tokenbill.users u where u.id = p_user_id;
+        end if;
+    end loop;
+
+    select * into v_prior from tokenbill.messages m
+     where m.user_id = p_user_id and m.request_id = p_request_id and m.role = 'assistant';
+    if found then
+        select * into v_hold from tokenbill.agent_holds h
+         where h.user_id = p_user_id and h.request_id = p_request_id;
+        if found and v_hold.request_hash <> p_request_hash then
+            return query select 'mismatch'::text, v_prior.conversation_id, v_balance,
+                                null::text, null::text, null::text, v_hold.reserved, null::integer;
+            return;
+        end if;
+        return query select 'replayed'::text, v_prior.conversation_id, v_balance, v_prior.status,
+                            v_prior.content, v_prior.error, coalesce(v_hold.reserved, v_prior.cost),
+                            v_hold.charged;
+        return;
+    end if;
+
+    if v_conversation is not null then
+        perform from tokenbill.conversations c
+         where c.id = v_conversation and c.user_id = p_user_id;
+        if not found then
+            raise exception 'unknown conversation %', v_conversation using errcode = 'TB002';
+        end if;
+    end if;
+
+    v_price := tokenbill.price_for(p_agent);
+    v_new := tokenbill.post_entry(p_user_id, 'reserve', -v_price.max_per_call,
+                                  p_request_id => p_request_id,
+                                  p_reason => format('agent %s: up to %s reserved', p_agent,
+                                                     v_price.max_per_call));
+    if v_new is null then
+        return query select 'insufficient_tokens'::text, v_conversation, v_balance, null::text,
+                            null::text, null::text, v_price.max_per_call, null::integer;
+        return;
+    end if;
+
+    insert into tokenbill.agent_holds (user_id, request_id, request_hash, agent, per_call,
+                                       per_1k_input, per_1k_output, reserved, expires_at)
+    values (p_user_id, p_request_id, p_request_hash, p_agent, v_price.per_call,
+            v_price.per_1k_input, v_price.per_1k_output, v_price.max_per_call,
+            now() + make_interval(secs => p_hold_seconds));
+
+    if v_conversation is null then
+        insert into tokenbill.conversations (user_id, title)
+        values (p_user_id, left(regexp_replace(btrim(p_message), '\s+', ' ', 'g'), 80))
+        returning id into v_conversation;
+    else
+        update tokenbill.conversations c set updated_at = now() where c.id = v_conversation;
+    end if;
+
+    insert into tokenbill.messages (conversation_id, user_id, request_id, role, content, status, cost)
+    values (v_conversation, p_user_id, p_request_id, 'user', p_message, 'done', v_price.max_per_call),
+           (v_conversation, p_user_id, p_request_id, 'assistant', '', 'pending', v_price.max_per_call);
+
+    return query select 'started'::text, v_conversation, v_new, 'pending'::text,
+                        null::text, null::text, v_price.max_per_call, null::integer;
+end
+$$;
+
+create or replace function api.settle_agent_request(
+    p_user_id uuid, p_request_id text, p_outcome text, p_reply text, p_input_chars integer,
+    p_error text default null, p_parts integer default null
+) returns table (status text, message_status text, charged integer, balance integer)
+language plpgsql security definer set search_path = '' as $$
+declare
+    v_hold tokenbill.agent_holds;
+    v_delivered boolean;
+    v_status text;
+    v_charged integer;
+    v_reply text := coalesce(p_reply, '');
+begin
+    if p_outcome is null or p_outcome not in ('done', 'failed', 'timeout', 'disconnected') then
+        raise exception 'outcome must be done, failed, timeout or disconnected' using errcode = 'TB003';
+    end if;
+    perform tokenbill.lock_user(p_user_id);
+    select * into v_hold from tokenbill.agent_holds h
+     where h.user_id = p_user_id and h.request_id = p_request_id
+       for update;
+    if not found then
+        raise exception 'unknown agent request %', p_request_id using errcode = 'TB002';
+    end if;
+
+    if v_hold.status <> 'held' then
+        return query select 'already_settled'::text, m.status, v_hold.charged, u.balance
+                       from tokenbill.users u, tokenbill.messages m
+                      where u.id = p_user_id and m.user_id = p_user_id
+                        and m.request_id = p_request_id and m.role = 'assistant';
+        return;
+    end if;
+
+    v_delivered := length(v_reply) > 0 or v_hold.first_delivered_at is not null;
+    v_status := case when not v_delivered then
+                          case when p_outcome = 'timeout' then 'timeout' else 'failed' end
+                     when p_outcome = 'done' then 'done'
+                     else 'partial' end;
+    v_charged := tokenbill.close_hold(v_hold, v_delivered, length(v_reply), p_input_chars,
+                                      case when v_delivered and p_outcome <> 'done'
+                                           then p_outcome || ' (partial)' else p_outcome end,
+                                      p_parts);
+    with closed as (
+        update tokenbill.messages m
+           set content = v_reply, status = v_status, completed_at = now(),
+               error = case when p_outcome = 'done' then null
+                            else left(coalesce(p_error, p_outcome), 1000) end
+         where m.user_id = p_user_id and m.request_id = p_request_id and m.role = 'assistant'
+           and m.status = 'pending'
+        returning m.conversation_id)
+    update tokenbill.conversations c set updated_at = now()
+      from closed where c.id = closed.conversation_id;
+
+    return query select 'settled'::text, v_status, v_charged, u.balance
+                   from tokenbill.users u where u.id = p_user_id;
+end
+$$;
+
+-- ============================================================================================
+-- Comments (0016's rule: every object documented in the database)
+-- ============================================================================================
+revoke all on function tokenbill.post_entry(uuid,tokenbill.ledger_kind,integer,boolean,text,bigint,text,text,text,text,text,text,uuid,boolean) from public;
+comment on function tokenbill.post_entry(uuid,tokenbill.ledger_kind,integer,boolean,text,bigint,text,text,text,text,text,text,uuid,boolean) is
+    'The only writer of balances: moves p_delta and appends the ledger row. NULL (nothing changed) when it would overdraw without p_allow_negative, or, with p_if_new, when a consumption''s request id was charged already. Records the low-balance alert when a consumption or reserve crosses the user''s threshold.';
+comment on function api.consume(uuid,text,integer) is
+    'Take p_cost tokens for one agent request, idempotent per (user, request id): a repeat returns the first result with reason ''replayed''; refuses (insufficient_tokens) rather than overdraw. Owner-only since 0013; no separate row lock since 0018.';
+comment on index tokenbill.ledger_created_brin is
+    'api.daily_stats'' date ranges: BRIN, since the append-only ledger is in created_at order (0018 replaced the (created_at, kind) B-tree).';
