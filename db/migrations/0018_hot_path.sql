@@ -20,6 +20,10 @@
  *     physical order and api.daily_stats' date range still finds its blocks.
  *   - api.settle_agent_request updates the assistant message and its conversation in one
  *     statement; api.begin_agent_request re-reads the balance only when it expired a hold.
+ *   - messages_pending_idx is dropped: since 0014 nothing looks for pending messages by time
+ *     (the expiry sweep finds holds by agent_holds_open_idx), and with no index on status
+ *     settling the assistant message can be a HOT update (messages keep 10 % of each page
+ *     free for it).
  */
 
 -- ============================================================================================
@@ -163,6 +167,9 @@ $$;
 -- ============================================================================================
 drop index tokenbill.ledger_created_kind_idx;
 create index ledger_created_brin on tokenbill.ledger using brin (created_at);
+
+drop index tokenbill.messages_pending_idx;
+alter table tokenbill.messages set (fillfactor = 90);
 
 -- ============================================================================================
 -- The agent request: same contract as 0014, fewer statements
