@@ -245,6 +245,8 @@ def report(
     by_key = {p.key: p.label for p in PATHS}
     goals = []
     for num, den, what, hot_target, spread_target in GOALS:
+        if (by_key[num], "hot") not in results or (by_key[den], "hot") not in results:
+            continue  # --paths left one of them out
         values = [
             ratio(results[(by_key[num], s)].mean, results[(by_key[den], s)].mean)
             for s in ("hot", "spread")

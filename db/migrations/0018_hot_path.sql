@@ -1,20 +1,15 @@
 /*
  * 0018 — a leaner billing hot path, proven by scripts/bench_pgbench.py (docs/performance.md).
  *
- * Same signatures, same results, same guarantees; fewer statements and less work per charge:
+ * Same signatures, same results, same guarantees; less work per movement:
  *   - tokenbill.post_entry stays the only writer of balances. It now also records the
  *     low-balance alert itself, only when the movement crosses the user's threshold (the
  *     threshold comes back from the UPDATE it already runs), so the per-row plpgsql trigger of
  *     0009/0014 (a function call and a users lookup on every consumption and reserve) is gone.
- *     It gains p_if_new (default false, so every other caller is unchanged: a duplicate
- *     once-only row still raises 23505): api.consume passes true, and then its INSERT is
- *     ON CONFLICT DO NOTHING on ledger_consumption_once; when a concurrent twin of the same
- *     request committed first, it gives its own UPDATE back (nothing moved, nothing written)
- *     and returns NULL, so consume answers 'replayed' instead of failing.
- *   - api.consume no longer takes the user's row with SELECT … FOR UPDATE (lock_user): the
- *     conditional UPDATE inside post_entry is the lock. The replay lookup runs first (a
- *     committed first call is visible to it); a twin racing past it is caught by the
- *     ON CONFLICT above. Happy path: one index probe, one UPDATE, one INSERT.
+ *   - api.consume keeps its lock-then-look-up order (0004). A variant without the separate
+ *     row lock (replay lookup first, INSERT … ON CONFLICT DO NOTHING catching a racing twin)
+ *     was measured side by side and was slower on one hot account in every round, with no
+ *     gain spread over accounts (docs/performance.md), so it is not here.
  *   - the ledger's reporting index (created_at, kind), one more B-tree entry on every insert,
  *     becomes a BRIN index on created_at: the ledger is append-only, so created_at follows the
  *     physical order and api.daily_stats' date range still finds its blocks.
@@ -31,18 +26,15 @@
 -- ============================================================================================
 drop trigger ledger_low_balance_alert on tokenbill.ledger;
 drop function tokenbill.record_low_balance_alert();
-drop function tokenbill.post_entry(uuid, tokenbill.ledger_kind, integer, boolean, text, bigint,
-                                   text, text, text, text, text, text, uuid);
 
 /**
  * Move p_delta tokens for a user and append the ledger row, in one place, so that
  * users.balance always equals the sum of the user's ledger deltas.
  * Returns the new balance, or NULL (and changes nothing) when the balance would drop below
- * zero and p_allow_negative is false — or, with p_if_new, when that consumption's request id
- * was charged already (without p_if_new that is a unique violation, 23505). A consumption or reserve that takes the
+ * zero and p_allow_negative is false. A consumption or reserve that takes the
  * balance from at or above the user's low-balance threshold to below it records one alert.
  */
-create function tokenbill.post_entry(
+create or replace function tokenbill.post_entry(
     p_user_id uuid,
     p_kind tokenbill.ledger_kind,
     p_delta integer,
@@ -55,8 +47,7 @@ create function tokenbill.post_entry(
     p_dispute_id text default null,
     p_stripe_event_id text default null,
     p_reason text default null,
-    p_actor_id uuid default null,
-    p_if_new boolean default false
+    p_actor_id uuid default null
 ) returns integer
 language plpgsql set search_path = '' as $$
 declare
@@ -73,31 +64,14 @@ begin
         return null;
     end if;
 
-    if p_if_new and p_kind = 'consumption' then
-        insert into tokenbill.ledger (
-            user_id, kind, delta, balance_after, request_id, payment_id, checkout_session_id,
-            payment_intent_id, charge_id, dispute_id, stripe_event_id, reason, actor_id)
-        values (
-            p_user_id, p_kind, p_delta, v_balance, p_request_id, p_payment_id,
-            p_checkout_session_id, p_payment_intent_id, p_charge_id, p_dispute_id,
-            p_stripe_event_id, p_reason, p_actor_id)
-        on conflict (user_id, request_id) where kind = 'consumption' do nothing
-        returning id into v_ledger_id;
-        if v_ledger_id is null then
-            -- charged already: give our UPDATE back, so this call moved nothing
-            update tokenbill.users set balance = balance - p_delta where id = p_user_id;
-            return null;
-        end if;
-    else
-        insert into tokenbill.ledger (
-            user_id, kind, delta, balance_after, request_id, payment_id, checkout_session_id,
-            payment_intent_id, charge_id, dispute_id, stripe_event_id, reason, actor_id)
-        values (
-            p_user_id, p_kind, p_delta, v_balance, p_request_id, p_payment_id,
-            p_checkout_session_id, p_payment_intent_id, p_charge_id, p_dispute_id,
-            p_stripe_event_id, p_reason, p_actor_id)
-        returning id into v_ledger_id;
-    end if;
+    insert into tokenbill.ledger (
+        user_id, kind, delta, balance_after, request_id, payment_id, checkout_session_id,
+        payment_intent_id, charge_id, dispute_id, stripe_event_id, reason, actor_id)
+    values (
+        p_user_id, p_kind, p_delta, v_balance, p_request_id, p_payment_id,
+        p_checkout_session_id, p_payment_intent_id, p_charge_id, p_dispute_id,
+        p_stripe_event_id, p_reason, p_actor_id)
+    returning id into v_ledger_id;
 
     if v_balance < v_threshold and v_balance - p_delta >= v_threshold
        and p_kind::text in ('consumption', 'reserve') then
@@ -105,60 +79,6 @@ begin
         values (p_user_id, v_ledger_id, v_threshold, v_balance);
     end if;
     return v_balance;
-end
-$$;
-
--- ============================================================================================
--- api.consume: no separate row lock
--- ============================================================================================
-/**
- * Take p_cost tokens for one agent request. Idempotent per (user, request id): a second call
- * with the same request id charges nothing and returns the first call's result with
- * reason 'replayed'. Refuses (ok = false, reason 'insufficient_tokens') rather than overdraw.
- * The conditional UPDATE in tokenbill.post_entry is the only lock taken (0018).
- */
-create or replace function api.consume(p_user_id uuid, p_request_id text, p_cost integer default 1)
-returns table (ok boolean, balance integer, reason text)
-language plpgsql security definer set search_path = '' as $$
-declare
-    v_new integer;
-    v_previous integer;
-begin
-    if p_request_id is null or length(p_request_id) not between 1 and 200 then
-        raise exception 'request id must be 1 to 200 characters' using errcode = 'TB003';
-    end if;
-    if p_cost is null or p_cost < 1 then
-        raise exception 'cost must be a positive number of tokens' using errcode = 'TB003';
-    end if;
-
-    select l.balance_after into v_previous
-      from tokenbill.ledger l
-     where l.user_id = p_user_id and l.request_id = p_request_id and l.kind = 'consumption';
-    if found then
-        return query select true, v_previous, 'replayed'::text;
-        return;
-    end if;
-
-    v_new := tokenbill.post_entry(p_user_id, 'consumption', -p_cost, p_request_id => p_request_id,
-                                  p_if_new => true);
-    if v_new is not null then
-        return query select true, v_new, null::text;
-        return;
-    end if;
-
-    -- refused, or a twin of this request committed while we waited for the row: which one?
-    select l.balance_after into v_previous
-      from tokenbill.ledger l
-     where l.user_id = p_user_id and l.request_id = p_request_id and l.kind = 'consumption';
-    if found then
-        return query select true, v_previous, 'replayed'::text;
-        return;
-    end if;
-    select u.balance into v_new from tokenbill.users u where u.id = p_user_id;
-    if not found then
-        raise exception 'unknown user %', p_user_id using errcode = 'TB002';
-    end if;
-    return query select false, v_new, 'insufficient_tokens'::text;
 end
 $$;
 
@@ -338,10 +258,7 @@ $$;
 -- ============================================================================================
 -- Comments (0016's rule: every object documented in the database)
 -- ============================================================================================
-revoke all on function tokenbill.post_entry(uuid,tokenbill.ledger_kind,integer,boolean,text,bigint,text,text,text,text,text,text,uuid,boolean) from public;
-comment on function tokenbill.post_entry(uuid,tokenbill.ledger_kind,integer,boolean,text,bigint,text,text,text,text,text,text,uuid,boolean) is
-    'The only writer of balances: moves p_delta and appends the ledger row. NULL (nothing changed) when it would overdraw without p_allow_negative, or, with p_if_new, when a consumption''s request id was charged already. Records the low-balance alert when a consumption or reserve crosses the user''s threshold.';
-comment on function api.consume(uuid,text,integer) is
-    'Take p_cost tokens for one agent request, idempotent per (user, request id): a repeat returns the first result with reason ''replayed''; refuses (insufficient_tokens) rather than overdraw. Owner-only since 0013; no separate row lock since 0018.';
+comment on function tokenbill.post_entry(uuid,tokenbill.ledger_kind,integer,boolean,text,bigint,text,text,text,text,text,text,uuid) is
+    'The only writer of balances: moves p_delta and appends the ledger row. NULL (nothing changed) when it would overdraw without p_allow_negative. Records the low-balance alert when a consumption or reserve crosses the user''s threshold.';
 comment on index tokenbill.ledger_created_brin is
     'api.daily_stats'' date ranges: BRIN, since the append-only ledger is in created_at order (0018 replaced the (created_at, kind) B-tree).';

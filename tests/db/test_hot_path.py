@@ -1,10 +1,10 @@
 """0018's leaner hot path keeps its guarantees where it takes fewer steps.
 
-api.consume no longer locks the user's row before its replay lookup, so the adversary is a
-client firing the same request id twice at the same moment: the twin that passes the lookup
-before the first commits must still charge nothing and answer 'replayed'. The low-balance
-alert moved from a trigger into tokenbill.post_entry: a direct caller of the writer must still
-raise the alert on a crossing, and a duplicate consumption without p_if_new still fails.
+The adversary for api.consume is a client firing the same request id twice at the same
+moment: the twin that arrives while the first is still open must charge nothing and answer
+'replayed' once the first commits (this guards any future lock-free consume too). The
+low-balance alert moved from a trigger into tokenbill.post_entry: the writer must still raise
+it on a crossing only, and a duplicate consumption row must still be refused.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_a_twin_waiting_on_the_row_is_replayed_not_charged(
 
     thread = threading.Thread(target=twin)
     thread.start()
-    time.sleep(0.5)  # the twin is past its replay lookup, waiting for the user's row
+    time.sleep(0.5)  # the twin is waiting for the user's row
     assert thread.is_alive()
     first.commit()
     first.close()
@@ -69,7 +69,7 @@ def test_post_entry_records_the_alert_on_a_crossing_only(
     assert audit(owner) == []
 
 
-def test_a_duplicate_consumption_still_raises_without_p_if_new(
+def test_a_duplicate_consumption_row_is_refused_by_the_writer(
     owner: psycopg.Connection, make_user: Callable[..., uuid.UUID]
 ) -> None:
     user = make_user(balance=5)
