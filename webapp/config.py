@@ -65,6 +65,9 @@ def from_env() -> dict[str, Any]:
         "WEBHOOK_DATABASE_ROLE": "tokenbill_webhook",
         "ADMIN_DATABASE_ROLE": "tokenbill_admin",
         "DATABASE_POOL_MAX": _int("DATABASE_POOL_MAX", 10),
+        # behind PgBouncer in transaction mode: no server-side prepared statements, the role
+        # set in every transaction (docs/scaling.md)
+        "DATABASE_TRANSACTION_POOLER": _flag("DATABASE_TRANSACTION_POOLER", default=False),
         "STRIPE_SECRET_KEY": stripe_key,
         "STRIPE_WEBHOOK_SECRET": os.environ.get("STRIPE_WEBHOOK_SECRET", ""),
         "STRIPE_API_BASE": os.environ.get("STRIPE_API_BASE", ""),

@@ -7,6 +7,11 @@ role may execute, whatever login the URL uses (docs/security.md):
   ``tokenbill_admin`` with ``SET LOCAL ROLE`` (``admin_role()``) after checking the user.
 * ``get_webhook_db()`` — WEBHOOK_DATABASE_URL acting as ``tokenbill_webhook``, the only role
   that applies Stripe objects (the webhook, the success page's fulfilment).
+
+Behind a transaction pooler (PgBouncer ``pool_mode = transaction``, DATABASE_TRANSACTION_POOLER)
+a client connection's transactions land on any server connection, so session state cannot be
+trusted: statements are never prepared server-side, and every transaction starts with
+``SET LOCAL ROLE`` (the role then lives exactly as long as the server connection is ours).
 """
 
 from __future__ import annotations
@@ -59,24 +64,30 @@ class Database:
         max_size: int = 10,
         name: str = "tokenbill",
         request_roles: bool = False,
+        transaction_pooler: bool = False,
     ) -> None:
         self.url = url
         self.role = role or None
         self.request_roles = request_roles  # honour use_role(); only the web login may switch
+        self.transaction_pooler = transaction_pooler
+        kwargs: dict[str, Any] = {"row_factory": dict_row}
+        if transaction_pooler:
+            kwargs["prepare_threshold"] = None  # a prepared statement lives on one server conn
         self.pool = ConnectionPool(
             url,
             open=False,
             min_size=1,
             max_size=max_size,
             timeout=30,
-            kwargs={"row_factory": dict_row},
+            kwargs=kwargs,
             configure=self._configure,
             check=ConnectionPool.check_connection,
             name=name,
         )
 
     def _configure(self, conn: psycopg.Connection) -> None:
-        set_role(conn, self.role)
+        if not self.transaction_pooler:  # else set per transaction, in connection()
+            set_role(conn, self.role)
         conn.commit()
 
     def open(self) -> None:
@@ -95,9 +106,11 @@ class Database:
 
         Inside a request that chose a narrower role (``use_role``), the transaction runs as
         that role (``SET LOCAL``: it ends with the transaction, the pool's role comes back).
+        Behind a transaction pooler every transaction sets the pool's role that way too.
         """
         with self.pool.connection(timeout=timeout) as conn:
             role = g.get("db_local_role") if self.request_roles and has_request_context() else None
+            role = role or (self.role if self.transaction_pooler else None)
             if role:
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
             yield conn  # type: ignore[misc]
@@ -120,12 +133,14 @@ def init_app(app: Flask) -> None:
         config["DATABASE_ROLE"],
         config["DATABASE_POOL_MAX"],
         request_roles=True,
+        transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
     )
     webhook = Database(
         config["WEBHOOK_DATABASE_URL"] or config["DATABASE_URL"],
         config["WEBHOOK_DATABASE_ROLE"],
         config["DATABASE_POOL_MAX"],
         name="tokenbill-webhook",
+        transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
     )
     app.extensions[EXTENSION_KEY] = database
     app.extensions[WEBHOOK_EXTENSION_KEY] = webhook

@@ -6,7 +6,12 @@ agent on the message and answers the same JSON shape, but never calls
 api.begin_agent_request / api.settle_agent_request (nothing reserved, nothing stored). The
 difference in latency between the two routes is the cost of billing.
 
-It exists only here: ``webapp.create_app()`` never registers it (a test checks), and only
+``POST /bench/webhook-verify-only`` is the webhook's control: it verifies the
+``Stripe-Signature`` with the same secret and SDK call as ``POST /api/webhook/stripe`` and
+answers, but never touches the database, so a grant's rate can be compared with what the
+server does per delivery before PostgreSQL.
+
+They exist only here: ``webapp.create_app()`` never registers them (a test checks), and only
 ``workshop.bench_http`` serves ``workshop.bench_app:create_bench_app()``.
 """
 
@@ -17,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import stripe
 from flask import Blueprint, Flask, abort, current_app, jsonify, request
 
 from webapp import create_app
@@ -28,6 +34,7 @@ from webapp.metering import collect
 
 bp = Blueprint("bench", __name__, url_prefix="/bench")
 UNBILLED_PATH = "/bench/agent-unbilled"
+VERIFY_ONLY_PATH = "/bench/webhook-verify-only"
 
 
 @bp.post("/agent-unbilled")
@@ -54,8 +61,23 @@ def agent_unbilled():
     return response
 
 
+@bp.post("/webhook-verify-only")
+@csrf.exempt
+@limiter.exempt
+def webhook_verify_only():
+    """Verify a Stripe delivery like the webhook does, then answer without the database."""
+    secret = current_app.config.get("STRIPE_WEBHOOK_SECRET") or ""
+    try:
+        evt = stripe.Webhook.construct_event(
+            request.get_data(), request.headers.get("Stripe-Signature") or "", secret
+        )
+    except (stripe.SignatureVerificationError, ValueError):
+        return jsonify(error="invalid signature"), 400
+    return jsonify(outcome="verified", id=evt.id)
+
+
 def create_bench_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """``webapp.create_app()`` with the unbilled control route registered."""
+    """``webapp.create_app()`` with the bench-only control routes registered."""
     app = create_app(test_config)
     app.register_blueprint(bp)
     return app

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -40,10 +41,16 @@ def resolve_admin_url(cli_value: str | None) -> str:
 
 
 @contextlib.contextmanager
-def bench_database(admin_url: str, name: str | None = None, keep: bool = False) -> Iterator[str]:
+def bench_database(
+    admin_url: str,
+    name: str | None = None,
+    keep: bool = False,
+    directory: Path = migrate.MIGRATIONS_DIR,
+) -> Iterator[str]:
     """Create a fresh database, migrate it with webapp.ops.migrate, yield its URL, then drop it.
 
-    The name defaults to ``tokenbill_bench_<pid>`` so concurrent runs never share data.
+    The name defaults to ``tokenbill_bench_<pid>`` so concurrent runs never share data;
+    ``directory`` may hold only the first migrations (a before/after comparison).
     """
     name = name or f"tokenbill_bench_{os.getpid()}"
     ident = sql.Identifier(name)
@@ -52,7 +59,7 @@ def bench_database(admin_url: str, name: str | None = None, keep: bool = False) 
         conn.execute(sql.SQL("create database {}").format(ident))
     url = make_conninfo(admin_url, dbname=name)
     try:
-        migrate.upgrade(url)
+        migrate.upgrade(url, directory)
         yield url
     finally:
         if not keep:

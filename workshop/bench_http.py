@@ -2,7 +2,8 @@
 
 1. Signed ``checkout.session.completed`` deliveries per second: every delivery is a distinct
    payment whose session was recorded first, so each one is a real grant (inbox row, payment
-   row, ledger row), sent from C concurrent keep-alive clients.
+   row, ledger row), sent from C concurrent keep-alive clients; then the same deliveries to
+   the bench-only control ``/bench/webhook-verify-only`` (signature check only, no database).
 2. Agent-endpoint latency with the offline agent: the real ``POST /api/agent`` with an API key
    (billing on: begin/charge, history lookup, finish) against the bench-only control route
    ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
@@ -37,7 +38,7 @@ import requests
 
 from webapp.api_auth import new_api_key
 from workshop import procs, stripe_fixtures
-from workshop.bench_app import UNBILLED_PATH
+from workshop.bench_app import UNBILLED_PATH, VERIFY_ONLY_PATH
 from workshop.bench_common import (
     Sample,
     bench_database,
@@ -99,7 +100,9 @@ def _webhook_bodies(owner: psycopg.Connection[Any], count: int) -> list[bytes]:
     return bodies
 
 
-def _post_webhooks(url: str, bodies: Sequence[bytes], clients: int) -> Sample:
+def _post_webhooks(
+    url: str, bodies: Sequence[bytes], clients: int, path: str = "/api/webhook/stripe"
+) -> Sample:
     """Send every body once, split over ``clients`` keep-alive sessions started together."""
     barrier = threading.Barrier(clients + 1)
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -115,11 +118,10 @@ def _post_webhooks(url: str, bodies: Sequence[bytes], clients: int) -> Sample:
                     "Stripe-Signature": stripe_fixtures.sign(body, WEBHOOK_SECRET),
                 }
                 t0 = time.perf_counter()
-                response = session.post(
-                    f"{url}/api/webhook/stripe", data=body, headers=headers, timeout=60
-                )
+                response = session.post(f"{url}{path}", data=body, headers=headers, timeout=60)
                 latencies[index].append((time.perf_counter() - t0) * 1000.0)
-                if response.status_code != 200 or response.json().get("outcome") != "processed":
+                expected = "processed" if path == "/api/webhook/stripe" else "verified"
+                if response.status_code != 200 or response.json().get("outcome") != expected:
                     errors[index] += 1
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
@@ -137,23 +139,29 @@ def _post_webhooks(url: str, bodies: Sequence[bytes], clients: int) -> Sample:
 
 
 def bench_webhooks(url: str, owner: psycopg.Connection[Any], settings: Settings) -> list[list[Any]]:
-    """One row per client count."""
+    """Per client count: the grants, then the same deliveries to the signature-only control."""
     rows = []
     for clients in settings.clients:
         bodies = _webhook_bodies(owner, settings.webhooks)
         progress(f"webhooks: {len(bodies)} deliveries from {clients} client(s)")
-        sample = _post_webhooks(url, bodies, clients)
-        rows.append(
-            [
-                "checkout.session.completed (grant)",
-                clients,
-                sample.ops,
-                sample.failures,
-                sample.ops_per_s,
-                sample.p(50),
-                sample.p(99),
-            ]
-        )
+        for scenario, path in (
+            ("checkout.session.completed (grant)", "/api/webhook/stripe"),
+            (f"control: {VERIFY_ONLY_PATH} (signature only)", VERIFY_ONLY_PATH),
+        ):
+            sample = _post_webhooks(url, bodies, clients, path)
+            rows.append(
+                [
+                    scenario,
+                    clients,
+                    sample.ops,
+                    sample.failures,
+                    sample.ops_per_s,
+                    sample.p(50),
+                    sample.p(99),
+                ]
+            )
+        grant, control = rows[-2], rows[-1]
+        rows.append(["grant / control", clients, "", "", grant[4] / control[4], "", ""])
     return rows
 
 

@@ -1,7 +1,7 @@
 /*
  * Give Supabase's `service_role` exactly the privileges of ONE tokenbill group role on
  * tokenbill's schemas: no more (it gets nothing on the private tables) and no less. Run it as
- * the migration owner (Supabase's `postgres`) after every `python -m scripts.migrate`; it is
+ * the migration owner (Supabase's `postgres`) after every `flask --app webapp migrate`; it is
  * idempotent. Which role it mirrors is the setting `tokenbill.service_role_mirrors`:
  *   tokenbill_app (default) — the web role: register, API keys, the agent's reserve → settle;
  *   tokenbill_webhook       — applies Stripe events (only if a webhook calls the api by RPC);

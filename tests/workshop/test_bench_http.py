@@ -7,6 +7,8 @@ does not have it.
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import psycopg
@@ -17,7 +19,7 @@ from webapp import create_app
 from webapp.api_auth import new_api_key
 from webapp.db import close_app
 from workshop import bench_http
-from workshop.bench_app import UNBILLED_PATH, create_bench_app
+from workshop.bench_app import UNBILLED_PATH, VERIFY_ONLY_PATH, create_bench_app
 from workshop.bench_common import parse_tables
 
 
@@ -31,7 +33,7 @@ def test_control_route_exists_only_in_the_bench_app(app_config: dict[str, Any]) 
     try:
         assert UNBILLED_PATH not in _rules(production)
         assert "/api/agent" in _rules(production)
-        assert _rules(bench) - _rules(production) == {UNBILLED_PATH}
+        assert _rules(bench) - _rules(production) == {UNBILLED_PATH, VERIFY_ONLY_PATH}
     finally:
         close_app(production)
         close_app(bench)
@@ -86,7 +88,15 @@ def test_tiny_run_prints_every_row(admin_url: str, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     webhooks, agent, overhead = parse_tables(out)
     assert webhooks[0] == bench_http.WEBHOOK_HEADERS
-    assert [(r[1], r[2], r[3]) for r in webhooks[1:]] == [("1", "6", "0"), ("2", "6", "0")]
+    assert [(r[1], r[2], r[3]) for r in webhooks[1:]] == [
+        ("1", "6", "0"), ("1", "6", "0"), ("1", "", ""),
+        ("2", "6", "0"), ("2", "6", "0"), ("2", "", ""),
+    ]  # fmt: skip
+    assert [r[0] for r in webhooks[1:4]] == [
+        "checkout.session.completed (grant)",
+        f"control: {VERIFY_ONLY_PATH} (signature only)",
+        "grant / control",
+    ]
     assert agent[0] == bench_http.AGENT_HEADERS
     assert [(r[0], r[1], r[2]) for r in agent[1:]] == [
         ("billed: POST /api/agent", "6", "0"),
@@ -95,3 +105,29 @@ def test_tiny_run_prints_every_row(admin_url: str, capsys: pytest.CaptureFixture
     assert [r[0] for r in overhead[1:]] == ["difference (ms)", "ratio (billed / control)"]
     assert "checked: 12 of 12 payments granted; ledger audit empty" in out
     assert _bench_databases(admin_url) - before == set()  # its database was dropped
+
+
+def test_verify_only_control_checks_the_signature_and_touches_no_database(
+    app_config: dict[str, Any], owner: psycopg.Connection[Any]
+) -> None:
+    from tests.conftest import WEBHOOK_SECRET
+    from tests.support import stripe_events as ev
+
+    app = create_bench_app(app_config)
+    try:
+        user = uuid.uuid4()
+        body, header = ev.signed(
+            ev.checkout_session_completed(user, "tokens_100", 500), WEBHOOK_SECRET
+        )
+        client = app.test_client()
+        forged = client.post(VERIFY_ONLY_PATH, data=body, headers={"Stripe-Signature": "t=1,v1=00"})
+        good = client.post(VERIFY_ONLY_PATH, data=body, headers={"Stripe-Signature": header})
+        assert forged.status_code == 400
+        assert good.status_code == 200 and good.get_json()["outcome"] == "verified"
+        event_id = json.loads(body)["id"]
+        seen = owner.execute(
+            "select count(*) as n from tokenbill.stripe_events where id = %s", [event_id]
+        ).fetchone()
+        assert seen["n"] == 0  # the control never reaches PostgreSQL
+    finally:
+        close_app(app)
