@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import shutil
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from webapp.ops import migrate
-
-
-@pytest.fixture
-def empty_db(admin_url: str) -> Iterator[str]:
-    name = f"tokenbill_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    yield make_conninfo(admin_url, dbname=name)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"drop database {name} with (force)")
 
 
 def test_apply_on_empty_database_then_no_op(empty_db):

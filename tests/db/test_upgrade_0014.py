@@ -4,27 +4,13 @@ have no hold, so they are released and closed, not left pending (and charged) fo
 from __future__ import annotations
 
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from tests.conftest import audit
 from webapp.ops import migrate
-
-
-@pytest.fixture
-def empty_db(admin_url: str) -> Iterator[str]:
-    name = f"tokenbill_up_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"create database {name}")
-    yield make_conninfo(admin_url, dbname=name)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"drop database {name} with (force)")
 
 
 def test_pending_0007_requests_are_released_by_the_upgrade(empty_db, tmp_path: Path):
