@@ -133,6 +133,21 @@ def test_failure_before_the_first_part_is_released(make_app, owner, make_user, s
     assert open_holds(owner, user) == 0
 
 
+def test_a_failing_provider_is_called_once_not_retried(make_app, owner, make_user):
+    """Each retry of a paid model call may cost us again while the buyer pays one price: the
+    SDK's default retries on 5xx/429 would triple what a failing call costs. One call, released."""
+    with ModelStub(fail_status=500) as broken:
+        app = make_app(**broken.app_config())
+        user = make_user(balance=1)
+        response = app.test_client().post(
+            "/api/agent", json={"message": "hello"}, headers=bearer(create_key(owner, user))
+        )
+        calls = len(broken.bodies)
+    assert response.status_code == 502
+    assert calls == 1
+    assert ledger_kinds(owner, user)[-2:] == ["reserve", "release"]
+
+
 def test_a_computed_json_reply_is_charged_even_if_the_client_left(make_app, owner, make_user):
     """The adversary sends a JSON request and hangs up at once, hoping nothing is charged; the
     reply is computed anyway (the model was paid), charged, and theirs by replaying the key."""

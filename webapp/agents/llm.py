@@ -43,15 +43,23 @@ def to_messages(history: Sequence[Turn]) -> list[ModelMessage]:
 
 
 def openai_compatible(model: str, base_url: str | None, api_key: str | None) -> ModelFactory:
-    """A factory of OpenAI-compatible chat models sharing one HTTP client per request."""
+    """A factory of OpenAI-compatible chat models sharing one HTTP client per request.
+
+    No retries (the SDK retries 5xx/429 twice by default): each attempt may be billed to us
+    while the buyer pays one price, so a failing call fails once and its hold is released.
+    """
+    from openai import AsyncOpenAI
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
     def build(http_client: httpx.AsyncClient) -> Model:
-        provider = OpenAIProvider(
-            base_url=base_url, api_key=api_key or "not-needed", http_client=http_client
+        client = AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or "not-needed",
+            http_client=http_client,
+            max_retries=0,
         )
-        return OpenAIChatModel(model, provider=provider)
+        return OpenAIChatModel(model, provider=OpenAIProvider(openai_client=client))
 
     return build
 
