@@ -75,6 +75,10 @@ def deno_env(**settings: str) -> dict[str, str]:
         DENO_NO_UPDATE_CHECK="1",
         DENO_SERVE_ADDRESS="tcp:127.0.0.1:0",
     )
+    # Trust the machine's CA store as well as Deno's bundled roots, as npm and pip do: a
+    # registry reached through a TLS-inspecting proxy is signed by a CA only the system knows.
+    # (Without it Deno reads the store only when SSL_CERT_FILE happens to be set.)
+    env.setdefault("DENO_TLS_CA_STORE", "mozilla,system")
     return {**env, **settings}
 
 
