@@ -71,6 +71,15 @@ def from_env() -> dict[str, Any]:
         # Stripe waits ~20 s for an answer: better to fail fast with 500 and let it retry.
         "WEBHOOK_DB_TIMEOUT_SECONDS": float(os.environ.get("WEBHOOK_DB_TIMEOUT_SECONDS") or 10),
         "PAYMENTS_SIMULATED": _flag("PAYMENTS_SIMULATED", default=False),
+        # Checkout options (docs/stripe.md): an invoice for every purchase, promotion codes,
+        # Stripe Tax (needs tax settings in the dashboard first).
+        # One Stripe Customer per account (saved cards, auto top-up); unset: see customers_enabled.
+        "STRIPE_CUSTOMERS": (
+            _flag("STRIPE_CUSTOMERS") if os.environ.get("STRIPE_CUSTOMERS", "") != "" else None
+        ),
+        "INVOICE_CREATION": _flag("INVOICE_CREATION", default=True),
+        "ALLOW_PROMOTION_CODES": _flag("ALLOW_PROMOTION_CODES", default=False),
+        "AUTOMATIC_TAX": _flag("AUTOMATIC_TAX", default=False),
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", "").rstrip("/"),
         # prices live in the database (tokenbill.prices); these bound what one call may cost us
         "AGENT_MAX_TOKENS": _int("AGENT_MAX_TOKENS", 1024),
@@ -155,6 +164,15 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
             raise ConfigError("a live Stripe key must not be sent to STRIPE_API_BASE")
         if config.get("PAYMENTS_SIMULATED"):
             raise ConfigError("a live Stripe key cannot be used with PAYMENTS_SIMULATED")
+
+
+def customers_enabled(config: Mapping[str, Any]) -> bool:
+    """STRIPE_CUSTOMERS when set; else on, except with the bundled emulator's key (it has no
+    /v1/customers yet, so its Checkout Sessions name the buyer's email instead)."""
+    explicit = config.get("STRIPE_CUSTOMERS")
+    if explicit is not None:
+        return bool(explicit)
+    return (config.get("STRIPE_SECRET_KEY") or "") != EMULATOR_STRIPE_KEY
 
 
 def stripe_livemode(config: Mapping[str, Any]) -> bool | None:

@@ -18,6 +18,8 @@ import psycopg
 import stripe
 from flask import current_app
 
+from .db import Database
+
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "tokenbill_stripe"
@@ -43,6 +45,40 @@ def get_client() -> stripe.StripeClient:
         client = client_from_config(current_app.config)
         current_app.extensions[EXTENSION_KEY] = client
     return client
+
+
+def customer_idempotency_key(user_id: UUID | str) -> str:
+    """One key per account: a retried or concurrent creation returns the same Customer."""
+    return f"tokenbill-customer-{user_id}"
+
+
+def customer_of(db: Database, user_id: UUID | str) -> str | None:
+    """The account's recorded Stripe Customer id, if it has one."""
+    row = db.fetch_one(
+        "select customer_id from api.stripe_customers where user_id = %s", [str(user_id)]
+    )
+    return row["customer_id"] if row else None
+
+
+def ensure_customer(
+    db: Database, client: stripe.StripeClient, user_id: UUID | str, email: str
+) -> str:
+    """The account's Stripe Customer id, creating (once) and recording it on first use.
+
+    No connection is held during the Stripe call; api.record_stripe_customer keeps the first
+    id recorded, and the idempotency key makes a concurrent creation return the same Customer.
+    """
+    known = customer_of(db, user_id)
+    if known:
+        return known
+    customer = client.v1.customers.create(
+        params={"email": email, "metadata": {"user_id": str(user_id)}},
+        options={"idempotency_key": customer_idempotency_key(user_id)},
+    )
+    recorded = db.fetch_one(
+        "select api.record_stripe_customer(%s, %s) as id", [str(user_id), customer.id]
+    )
+    return recorded["id"]  # type: ignore[index]
 
 
 def _json_default(value: Any) -> Any:
