@@ -109,3 +109,6 @@ def expire_agent_requests() -> None:
 def init_app(app: Flask) -> None:
     app.cli.add_command(create_admin)
     app.cli.add_command(expire_agent_requests)
+    from .topup_worker import auto_topup
+
+    app.cli.add_command(auto_topup)

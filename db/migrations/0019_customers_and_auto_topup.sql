@@ -249,8 +249,9 @@ create trigger payments_follow_auto_topup
 -- API: settings (web role), the worker (notifier role), views
 -- ============================================================================================
 /**
- * Save a user's auto top-up settings. Turning it on clears the failure count and the reason it
- * was turned off; turning it off cancels a queued top-up not yet sent to Stripe.
+ * Save a user's auto top-up settings. Saving clears the notice of why it was turned off (the
+ * user has seen the page); turning it on clears the failure count; turning it off cancels a
+ * queued top-up not yet sent to Stripe.
  */
 create function api.set_auto_topup(
     p_user_id uuid, p_enabled boolean, p_threshold integer, p_package_code text,
@@ -285,7 +286,7 @@ begin
         set enabled = excluded.enabled, threshold = excluded.threshold,
             package_code = excluded.package_code, monthly_cap_cents = excluded.monthly_cap_cents,
             consecutive_failures = case when excluded.enabled then 0 else s.consecutive_failures end,
-            disabled_reason = case when excluded.enabled then null else s.disabled_reason end,
+            disabled_reason = null,
             updated_at = now();
     if not coalesce(p_enabled, false) then
         update tokenbill.auto_topups t set status = 'canceled', updated_at = now()
@@ -392,7 +393,9 @@ create view api.auto_topup_settings as
     select s.user_id, s.enabled, s.threshold, s.package_code, s.monthly_cap_cents,
            s.consecutive_failures, s.disabled_reason, s.updated_at,
            coalesce((select sum(t.amount_cents) from tokenbill.auto_topups t
-                      where t.user_id = s.user_id and t.month = tokenbill.topup_month(now())
+                      -- tokenbill.topup_month inlined: a view's callers cannot execute internals
+                      where t.user_id = s.user_id
+                        and t.month = (date_trunc('month', now() at time zone 'UTC'))::date
                         and t.status in ('pending', 'processing', 'requires_action', 'succeeded')),
                     0)::integer as month_committed_cents
       from tokenbill.auto_topup_settings s;
