@@ -108,7 +108,9 @@ def session_params(
             },
             "quantity": 1,
         }
-    intent_data: dict[str, Any] = {"metadata": dict(metadata)}
+    # "source": a Checkout PaymentIntent whose amount a discount or tax changed waits for the
+    # session's event, which carries the subtotal the database checks (0019).
+    intent_data: dict[str, Any] = {"metadata": {**metadata, "source": "checkout"}}
     if save_card and customer_id:
         intent_data["setup_future_usage"] = "off_session"
     base = base_url()

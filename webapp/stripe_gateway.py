@@ -23,8 +23,13 @@ from .db import Database
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "tokenbill_stripe"
-SESSION_EXPAND = ["payment_intent.latest_charge"]
-SESSION_EXPAND_FALLBACK = ["payment_intent"]
+# Richest first: the charge (receipt) and the invoice (links); some API versions and fakes
+# refuse a nested or an unknown expansion, and both links are optional.
+SESSION_EXPANDS = (
+    ["payment_intent.latest_charge", "invoice"],
+    ["payment_intent.latest_charge"],
+    ["payment_intent"],
+)
 
 
 def client_from_config(config: Mapping[str, Any]) -> stripe.StripeClient:
@@ -96,18 +101,17 @@ def to_json(obj: stripe.StripeObject) -> str:
 
 
 def retrieve_session(client: stripe.StripeClient, session_id: str) -> str:
-    """Fetch a Checkout Session with its PaymentIntent (and charge, for the receipt) as JSON."""
-    try:
-        session = client.v1.checkout.sessions.retrieve(
-            session_id, params={"expand": SESSION_EXPAND}
-        )
-    except stripe.InvalidRequestError as exc:
-        # Some API versions/fakes refuse the nested expand; the receipt link is optional.
-        log.info("expand %s refused (%s); retrying without the charge", SESSION_EXPAND, exc.code)
-        session = client.v1.checkout.sessions.retrieve(
-            session_id, params={"expand": SESSION_EXPAND_FALLBACK}
-        )
-    return to_json(session)
+    """Fetch a Checkout Session with its PaymentIntent (and charge and invoice, for the
+    receipt and invoice links) as JSON."""
+    *richer, last = SESSION_EXPANDS
+    for expand in richer:
+        try:
+            return to_json(
+                client.v1.checkout.sessions.retrieve(session_id, params={"expand": expand})
+            )
+        except stripe.InvalidRequestError as exc:
+            log.info("expand %s refused (%s); retrying with less", expand, exc.code)
+    return to_json(client.v1.checkout.sessions.retrieve(session_id, params={"expand": last}))
 
 
 def fulfil_session(

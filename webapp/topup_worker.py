@@ -60,6 +60,7 @@ def intent_params(row: dict[str, Any], payment_method: str) -> dict[str, Any]:
             "package": row["package_code"],
             "tokens": str(row["tokens"]),
             "topup_id": str(row["id"]),
+            "source": "auto_topup",
         },
     }
 

@@ -410,3 +410,383 @@ comment on view api.auto_topups is 'Queued and past auto top-ups with their stat
 grant select on api.auto_topup_settings, api.auto_topups to tokenbill_app, tokenbill_admin;
 
 comment on role tokenbill_notifier is 'Outbox workers: scripts/alert_notifier.py (low-balance notifications) and flask auto-topup (claims and finishes top-ups; cannot grant).';
+
+-- ============================================================================================
+-- Promotion codes, tax and invoices on Checkout purchases
+-- ============================================================================================
+/*
+ * Tokens still come from the package, never from the amount paid. A Checkout Session lowered
+ * by a Stripe discount (total_details.amount_discount) or raised by tax (amount_tax) is
+ * granted when its subtotal — the one line item's price, checked too when the session carries
+ * its line items — is the package's price and total = subtotal - discount + tax. A total
+ * lowered without a discount still reaches api.grant_for_payment as the total, and is refused.
+ * Replaced (from 0013's / 0005's text, changes marked "0019"): tokenbill.fulfil_checkout_session,
+ * tokenbill.fulfil_payment_intent; api.handle_stripe_event (0015's text) gains invoice events.
+ */
+alter table tokenbill.payments
+    add column subtotal_cents   integer check (subtotal_cents >= 0),
+    add column discount_cents   integer not null default 0 check (discount_cents >= 0),
+    add column tax_cents        integer not null default 0 check (tax_cents >= 0),
+    add column promotion_code   text,
+    add column invoice_id       text,
+    add column invoice_url      text check (invoice_url ~ '^https://'),
+    add column invoice_pdf_url  text check (invoice_pdf_url ~ '^https://');
+create index payments_invoice_idx on tokenbill.payments (invoice_id) where invoice_id is not null;
+comment on column tokenbill.payments.amount_cents is 'Total paid (after discounts, with tax): refunds claw back in proportion to it.';
+comment on column tokenbill.payments.discount_cents is 'Stripe discount (promotion code) on a Checkout purchase; tokens still come from the package.';
+comment on column tokenbill.payments.tax_cents is 'Tax Stripe computed (automatic_tax); net = amount_cents - tax_cents.';
+
+/**
+ * The amount a Checkout Session's grant compares with the package: its subtotal when a
+ * discount or tax explains the difference to the total (one line item, quantity 1, whose
+ * subtotal is the session's), else its total as before (so an unexplained lower total is
+ * refused by api.grant_for_payment).
+ */
+create function tokenbill.checkout_list_amount(p_session jsonb) returns integer
+language plpgsql immutable set search_path = '' as $$
+declare
+    v_total integer := tokenbill.stripe_int(p_session -> 'amount_total');
+    v_subtotal integer := tokenbill.stripe_int(p_session -> 'amount_subtotal');
+    v_discount integer := coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_discount'), 0);
+    v_tax integer := coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_tax'), 0);
+    v_items jsonb := p_session -> 'line_items' -> 'data';
+begin
+    if (v_discount = 0 and v_tax = 0) or v_total is null or v_subtotal is null
+       or v_discount < 0 or v_tax < 0 or v_discount > v_subtotal
+       or v_total <> v_subtotal - v_discount + v_tax then
+        return v_total;
+    end if;
+    if jsonb_typeof(v_items) = 'array'
+       and (jsonb_array_length(v_items) <> 1
+            or tokenbill.stripe_int(v_items -> 0 -> 'quantity') is distinct from 1
+            or tokenbill.stripe_int(v_items -> 0 -> 'amount_subtotal') is distinct from v_subtotal
+            or tokenbill.stripe_int(v_items -> 0 -> 'price' -> 'unit_amount') is distinct from v_subtotal) then
+        return v_total;
+    end if;
+    return v_subtotal;
+end
+$$;
+comment on function tokenbill.checkout_list_amount(jsonb) is 'The amount a Checkout grant checks against the package: the subtotal when a discount or tax explains the total, else the total.';
+
+/** Keep what a Checkout Session says about the money: total, subtotal, discount, tax, invoice. */
+create function tokenbill.record_checkout_amounts(p_session jsonb) returns void
+language plpgsql set search_path = '' as $$
+declare
+    v_pi text := tokenbill.stripe_id(p_session -> 'payment_intent');
+    v_invoice jsonb := p_session -> 'invoice';
+    v_pay bigint;
+begin
+    update tokenbill.payments p
+       set amount_cents = coalesce(tokenbill.stripe_int(p_session -> 'amount_total'), p.amount_cents),
+           subtotal_cents = coalesce(tokenbill.stripe_int(p_session -> 'amount_subtotal'), p.subtotal_cents),
+           discount_cents = coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_discount'), p.discount_cents),
+           tax_cents = coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_tax'), p.tax_cents),
+           promotion_code = coalesce(tokenbill.stripe_id(p_session -> 'discounts' -> 0 -> 'promotion_code'),
+                                     p.promotion_code),
+           invoice_id = coalesce(tokenbill.stripe_id(v_invoice), p.invoice_id),
+           invoice_url = coalesce(case when v_invoice ->> 'hosted_invoice_url' ~ '^https://'
+                                       then v_invoice ->> 'hosted_invoice_url' end, p.invoice_url),
+           invoice_pdf_url = coalesce(case when v_invoice ->> 'invoice_pdf' ~ '^https://'
+                                           then v_invoice ->> 'invoice_pdf' end, p.invoice_pdf_url),
+           updated_at = now()
+     where p.payment_intent_id = v_pi and p.status = 'granted'
+       and p.checkout_session_id = p_session ->> 'id'
+    returning p.id into v_pay;
+    if v_pay is not null then
+        -- refunds claw back in proportion to the total actually paid
+        perform tokenbill.settle_payment(v_pay);
+    end if;
+end
+$$;
+comment on function tokenbill.record_checkout_amounts(jsonb) is 'Record total/subtotal/discount/tax/promotion code/invoice of a granted Checkout purchase.';
+
+/** invoice.paid / invoice.finalized: keep the hosted invoice and PDF links on the payment. */
+create function tokenbill.record_invoice(p_invoice jsonb)
+returns table (outcome text, detail text)
+language plpgsql set search_path = '' as $$
+declare
+    v_id text := p_invoice ->> 'id';
+    v_pi text := tokenbill.stripe_id(p_invoice -> 'payment_intent');
+begin
+    update tokenbill.payments p
+       set invoice_id = v_id,
+           invoice_url = coalesce(case when p_invoice ->> 'hosted_invoice_url' ~ '^https://'
+                                       then p_invoice ->> 'hosted_invoice_url' end, p.invoice_url),
+           invoice_pdf_url = coalesce(case when p_invoice ->> 'invoice_pdf' ~ '^https://'
+                                           then p_invoice ->> 'invoice_pdf' end, p.invoice_pdf_url),
+           updated_at = now()
+     where p.invoice_id = v_id or (v_pi is not null and p.payment_intent_id = v_pi);
+    if not found then
+        return query select 'ignored'::text, 'invoice of no payment tokenbill knows'::text;
+        return;
+    end if;
+    return query select 'processed'::text, 'invoice links recorded'::text;
+end
+$$;
+comment on function tokenbill.record_invoice(jsonb) is 'Keep an invoice''s hosted and PDF links on the payment it belongs to (by invoice id or PaymentIntent).';
+
+/**
+ * Fulfil a Checkout Session object (from an event, the success page or reconciliation).
+ * A session whose client_reference_id and metadata.user_id disagree is rejected with the
+ * reason; a session never moves to a second PaymentIntent once it has one. 0019: a discount
+ * or tax explained by the session is checked against the package through its subtotal, and
+ * the amounts and invoice are recorded on the payment.
+ */
+create or replace function tokenbill.fulfil_checkout_session(
+    p_session jsonb, p_stripe_event_id text default null, p_event_type text default null)
+returns table (outcome text, detail text)
+language plpgsql set search_path = '' as $$
+declare
+    v_id text := p_session ->> 'id';
+    v_pi text := tokenbill.stripe_id(p_session -> 'payment_intent');
+    v_payment_status text := p_session ->> 'payment_status';
+    v_charge jsonb := p_session -> 'payment_intent' -> 'latest_charge';
+    v_ref text := p_session ->> 'client_reference_id';
+    v_meta_user text := p_session -> 'metadata' ->> 'user_id';
+    v_grant record;
+begin
+    if v_id is null then
+        raise exception 'checkout session without an id' using errcode = 'TB003';
+    end if;
+
+    update tokenbill.checkout_sessions s
+       set status = case when s.status = 'open' then coalesce(p_session ->> 'status', s.status)
+                         else s.status end,
+           payment_status = coalesce(v_payment_status, s.payment_status),
+           payment_intent_id = coalesce(s.payment_intent_id, v_pi),
+           updated_at = now()
+     where s.id = v_id;
+
+    if p_event_type = 'checkout.session.expired' then
+        return query select 'processed'::text, 'session expired'::text;
+        return;
+    end if;
+    if p_event_type = 'checkout.session.async_payment_failed' then
+        if v_pi is not null then
+            perform tokenbill.record_payment_failure(v_pi, 'asynchronous payment failed');
+        end if;
+        return query select 'processed'::text, 'asynchronous payment failed; nothing granted'::text;
+        return;
+    end if;
+    if v_payment_status = 'unpaid' then
+        return query select 'processed'::text,
+            'payment pending: waiting for checkout.session.async_payment_succeeded'::text;
+        return;
+    end if;
+    if v_payment_status is distinct from 'paid' then
+        return query select 'ignored'::text, format('payment_status is %s', v_payment_status);
+        return;
+    end if;
+    if v_pi is null then
+        return query select 'rejected'::text, 'paid session without a payment intent'::text;
+        return;
+    end if;
+    if v_ref is not null and v_meta_user is not null and v_ref <> v_meta_user then
+        return query select 'rejected'::text,
+            format('conflicting user ids: client_reference_id %s, metadata.user_id %s', v_ref, v_meta_user);
+        return;
+    end if;
+
+    select * into v_grant from api.grant_for_payment(
+        v_pi,
+        coalesce(v_ref, v_meta_user),
+        p_session -> 'metadata' ->> 'package',
+        tokenbill.checkout_list_amount(p_session),  -- 0019: was amount_total
+        p_session ->> 'currency',
+        v_id,
+        p_stripe_event_id,
+        tokenbill.stripe_id(v_charge),
+        case when jsonb_typeof(v_charge) = 'object' then v_charge ->> 'receipt_url' end);
+    if v_grant.status <> 'rejected' then
+        perform tokenbill.record_checkout_amounts(p_session);  -- 0019
+    end if;
+    return query select
+        case when v_grant.status = 'rejected' then 'rejected' else 'processed' end,
+        coalesce(v_grant.reason, format('%s %s tokens', v_grant.status, v_grant.tokens));
+end
+$$;
+
+/**
+ * payment_intent.succeeded: grant, when its metadata says tokenbill created it. 0019: an
+ * intent of a Checkout Session (metadata source = checkout) whose amount differs from the
+ * package (a discount or tax) waits for the session's event, which can explain the amount.
+ */
+create or replace function tokenbill.fulfil_payment_intent(p_intent jsonb, p_stripe_event_id text)
+returns table (outcome text, detail text)
+language plpgsql set search_path = '' as $$
+declare
+    v_meta jsonb := coalesce(p_intent -> 'metadata', '{}');
+    v_charge jsonb := coalesce(p_intent -> 'latest_charge', p_intent -> 'charges' -> 'data' -> 0);
+    v_amount integer := coalesce(tokenbill.stripe_int(p_intent -> 'amount_received'),
+                                 tokenbill.stripe_int(p_intent -> 'amount'));
+    v_grant record;
+begin
+    if v_meta ->> 'user_id' is null and v_meta ->> 'package' is null then
+        return query select 'ignored'::text, 'payment intent without tokenbill metadata'::text;
+        return;
+    end if;
+    -- 0019
+    if v_meta ->> 'source' = 'checkout'
+       and not exists (select from tokenbill.payments p
+                        where p.payment_intent_id = p_intent ->> 'id' and p.status = 'granted')
+       and v_amount is distinct from (select k.amount_cents from tokenbill.packages k
+                                       where k.code = v_meta ->> 'package') then
+        return query select 'processed'::text,
+            'amount differs from the package (discount or tax): waiting for the checkout session'::text;
+        return;
+    end if;
+    select * into v_grant from api.grant_for_payment(
+        p_intent ->> 'id',
+        v_meta ->> 'user_id',
+        v_meta ->> 'package',
+        v_amount,
+        p_intent ->> 'currency',
+        null,
+        p_stripe_event_id,
+        tokenbill.stripe_id(v_charge),
+        case when jsonb_typeof(v_charge) = 'object' then v_charge ->> 'receipt_url' end);
+    return query select
+        case when v_grant.status = 'rejected' then 'rejected' else 'processed' end,
+        coalesce(v_grant.reason, format('%s %s tokens', v_grant.status, v_grant.tokens));
+end
+$$;
+
+create or replace view api.purchases as
+    select p.id, p.user_id, p.payment_intent_id, p.checkout_session_id, p.package_code,
+           p.amount_cents, p.currency, p.tokens_granted, p.tokens_clawed, p.refunded_cents,
+           p.charge_id, p.receipt_url, p.status, p.reason, p.granted_at, p.created_at, p.updated_at,
+           case
+               when p.status <> 'granted' then p.status
+               when exists (select from tokenbill.disputes d
+                             where d.payment_id = p.id and d.status not in ('won', 'warning_closed'))
+                   then 'disputed'
+               when p.refunded_cents >= p.amount_cents then 'refunded'
+               when p.refunded_cents > 0 then 'partially_refunded'
+               else 'paid'
+           end as display_status,
+           -- 0019
+           p.subtotal_cents, p.discount_cents, p.tax_cents,
+           p.amount_cents - p.tax_cents as net_cents, p.promotion_code,
+           p.invoice_url, p.invoice_pdf_url
+      from tokenbill.payments p;
+
+/**
+ * Store a verified Stripe event and apply it, once (see 0005). p_livemode is the mode of the
+ * Stripe key the caller holds: an event of the other mode is recorded as 'rejected' and never
+ * applied (a test-mode event must not grant on a live deployment, nor the reverse).
+ * 0019 (from 0015's text): invoice.paid / invoice.finalized record the invoice's links.
+ */
+create or replace function api.handle_stripe_event(p_event jsonb, p_livemode boolean default null)
+returns table (event_id text, outcome text, detail text)
+language plpgsql security definer set search_path = '' as $$
+declare
+    v_id text := p_event ->> 'id';
+    v_type text := p_event ->> 'type';
+    v_obj jsonb := p_event -> 'data' -> 'object';
+    v_livemode boolean;
+    v_outcome text;
+    v_detail text;
+    v_moved integer;
+begin
+    if v_id is null or v_type is null or jsonb_typeof(v_obj) is distinct from 'object' then
+        raise exception 'malformed Stripe event' using errcode = 'TB003';
+    end if;
+    v_livemode := case jsonb_typeof(p_event -> 'livemode') when 'boolean'
+                       then (p_event ->> 'livemode')::boolean end;
+
+    -- Dedupe: the row lock serialises concurrent deliveries of one event.
+    insert into tokenbill.stripe_events as e (id, type, livemode, api_version, payload, outcome)
+    values (v_id, v_type, v_livemode, p_event ->> 'api_version', p_event, 'received')
+    on conflict (id) do update
+        set attempts = e.attempts + 1, payload = excluded.payload, outcome = 'received'
+        where e.outcome = 'failed';
+    if not found then
+        select e.outcome, e.detail into v_outcome, v_detail from tokenbill.stripe_events e where e.id = v_id;
+        return query select v_id, 'duplicate'::text, format('already %s: %s', v_outcome, v_detail);
+        return;
+    end if;
+
+    if p_livemode is not null and v_livemode is distinct from p_livemode then
+        v_outcome := 'rejected';
+        v_detail := format('livemode mismatch: event livemode is %s, the key is %s mode; not applied',
+                           coalesce(v_livemode::text, 'missing'),
+                           case when p_livemode then 'live' else 'test' end);
+    else
+    begin
+        case
+            when v_type in ('checkout.session.completed', 'checkout.session.async_payment_succeeded',
+                            'checkout.session.async_payment_failed', 'checkout.session.expired') then
+                select f.outcome, f.detail into v_outcome, v_detail
+                  from tokenbill.fulfil_checkout_session(v_obj, v_id, v_type) f;
+            when v_type = 'payment_intent.succeeded' then
+                select f.outcome, f.detail into v_outcome, v_detail
+                  from tokenbill.fulfil_payment_intent(v_obj, v_id) f;
+            when v_type = 'payment_intent.payment_failed' then
+                if v_obj -> 'metadata' ->> 'user_id' is null then
+                    v_outcome := 'ignored';
+                    v_detail := 'payment intent without tokenbill metadata';
+                else
+                    perform tokenbill.record_payment_failure(  -- 0015: the intent, not its id
+                        v_obj,
+                        coalesce(v_obj -> 'last_payment_error' ->> 'message', 'payment failed'));
+                    v_outcome := 'processed';
+                    v_detail := 'payment failure recorded';
+                end if;
+            when v_type in ('invoice.paid', 'invoice.finalized') then  -- 0019
+                select f.outcome, f.detail into v_outcome, v_detail
+                  from tokenbill.record_invoice(v_obj) f;
+            when v_type in ('charge.succeeded', 'charge.updated') then
+                if v_obj ->> 'payment_intent' is null then
+                    v_outcome := 'ignored';
+                    v_detail := 'charge without a payment intent';
+                else
+                    update tokenbill.payments p
+                       set charge_id = v_obj ->> 'id',
+                           receipt_url = coalesce(v_obj ->> 'receipt_url', p.receipt_url),
+                           updated_at = now()
+                     where p.payment_intent_id = tokenbill.stripe_id(v_obj -> 'payment_intent');
+                    if not found then
+                        insert into tokenbill.payments (payment_intent_id, charge_id, receipt_url)
+                        values (tokenbill.stripe_id(v_obj -> 'payment_intent'), v_obj ->> 'id',
+                                v_obj ->> 'receipt_url')
+                        on conflict (payment_intent_id) do nothing;
+                    end if;
+                    v_outcome := 'processed';
+                    v_detail := 'receipt recorded';
+                end if;
+            when v_type = 'charge.refunded' then
+                v_moved := api.revoke_for_refund(
+                    tokenbill.stripe_id(v_obj -> 'payment_intent'), v_obj ->> 'id',
+                    tokenbill.stripe_int(v_obj -> 'amount_refunded'), v_id);
+                v_outcome := 'processed';
+                v_detail := format('refunded %s cents in total; %s tokens taken back',
+                                   v_obj ->> 'amount_refunded', v_moved);
+            when v_type in ('charge.dispute.created', 'charge.dispute.updated',
+                            'charge.dispute.closed', 'charge.dispute.funds_withdrawn',
+                            'charge.dispute.funds_reinstated') then
+                v_moved := api.revoke_for_dispute(
+                    v_obj ->> 'id', tokenbill.stripe_id(v_obj -> 'payment_intent'),
+                    tokenbill.stripe_id(v_obj -> 'charge'), tokenbill.stripe_int(v_obj -> 'amount'),
+                    v_obj ->> 'status', v_obj ->> 'reason', v_id);
+                v_outcome := 'processed';
+                v_detail := format('dispute %s; %s tokens %s', v_obj ->> 'status', abs(v_moved),
+                                   case when v_moved < 0 then 'given back' else 'taken back' end);
+            else
+                v_outcome := 'ignored';
+                v_detail := 'event type not handled';
+        end case;
+    exception
+        -- Deterministic: retrying cannot help, so record it and let Stripe stop.
+        when sqlstate 'TB002' or sqlstate 'TB003' or invalid_text_representation
+             or numeric_value_out_of_range or unique_violation then
+            v_outcome := 'rejected';
+            v_detail := sqlerrm;
+    end;
+    end if;
+
+    update tokenbill.stripe_events e
+       set outcome = v_outcome, detail = v_detail, processed_at = now()
+     where e.id = v_id;
+    return query select v_id, v_outcome, v_detail;
+end
+$$;
