@@ -21,7 +21,7 @@ from .billing import active_packages, base_url
 from .config import customers_enabled
 from .db import get_db
 from .stripe_gateway import customer_of, get_client
-from .topup_worker import saved_card
+from .topup_worker import action_url, saved_card
 
 bp = Blueprint("autotopup", __name__, url_prefix="/account")
 log = logging.getLogger(__name__)
@@ -197,8 +197,8 @@ def confirm(topup_id: int):
         log.error("confirming a top-up failed: %s %s", type(exc).__name__, exc.http_status)
         flash("Stripe could not start the confirmation; buy a package instead.", "error")
         return redirect(url_for("account.settings"), code=303)
-    action = (intent.next_action or {}).get("redirect_to_url") if intent.next_action else None
-    if action and action.get("url"):
-        return redirect(action["url"], code=303)
+    url = action_url(intent)
+    if url:
+        return redirect(url, code=303)
     flash("Thanks: the payment is being processed; your tokens arrive shortly.", "success")
     return redirect(url_for("account.settings"), code=303)

@@ -65,10 +65,11 @@ def intent_params(row: dict[str, Any], payment_method: str) -> dict[str, Any]:
     }
 
 
-def _action_url(intent: Any) -> str | None:
-    action = getattr(intent, "next_action", None) or {}
-    redirect = action.get("redirect_to_url") if hasattr(action, "get") else None
-    return redirect.get("url") if redirect else None
+def action_url(intent: Any) -> str | None:
+    """The bank's page a requires_action PaymentIntent redirects to (3-D Secure), if any."""
+    action = intent.to_dict().get("next_action") or {}
+    url = (action.get("redirect_to_url") or {}).get("url")
+    return url if isinstance(url, str) and url.startswith("https://") else None
 
 
 def from_intent(intent: Any) -> Outcome:
@@ -77,9 +78,9 @@ def from_intent(intent: Any) -> Outcome:
     if status in ("succeeded", "processing", "requires_capture"):
         return Outcome("processing", intent.id)
     if status == "requires_action":
-        return Outcome("requires_action", intent.id, _action_url(intent))
-    error = getattr(intent, "last_payment_error", None)
-    message = error.get("message") if error and hasattr(error, "get") else None
+        return Outcome("requires_action", intent.id, action_url(intent))
+    error = intent.to_dict().get("last_payment_error") or {}
+    message = error.get("message") if isinstance(error, dict) else None
     return Outcome("failed", intent.id, error=message or f"payment {status}")
 
 

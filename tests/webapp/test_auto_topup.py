@@ -231,3 +231,37 @@ def test_turned_off_after_failures_the_user_is_told(account, app_conn, owner):
     )
     page = client.get("/billing/buy").data.decode()
     assert "turned off after 3 failed payments" in page
+
+
+def test_completing_3d_secure_confirms_on_session_with_a_return_url(
+    account, app_conn, owner, database_url, admin_id, proxy
+):
+    client, user = account
+    with_customer(app_conn, user)
+    app_conn.execute("select api.set_auto_topup(%s, true, 50, 'tokens_100', 2000)", [user])
+    owner.execute("select api.admin_adjust(%s, %s, 60, 'funds')", [admin_id, user])
+    owner.execute("select api.consume(%s, 'cross', 20)", [user])
+    topup = owner.execute("select id from api.auto_topups where user_id = %s", [user]).fetchone()
+    with_notifier(database_url, topup["id"], "pi_needs3ds")
+
+    answer = client.post(f"/account/topups/{topup['id']}/authenticate")
+
+    assert answer.status_code == 303
+    [confirm] = proxy.requests_to("POST", "/v1/payment_intents/pi_needs3ds/confirm")
+    assert confirm.form["return_url"] == "http://localhost/account/settings"
+    assert balance_of(owner, user) == 40  # nothing granted until the webhook says succeeded
+
+
+def test_intent_statuses_map_to_topup_outcomes():
+    from webapp.topup_worker import from_intent
+
+    def intent(status: str, **fields: object) -> stripe.PaymentIntent:
+        return stripe.PaymentIntent.construct_from({"id": "pi_1", "status": status, **fields}, "k")
+
+    bank = {"type": "redirect_to_url", "redirect_to_url": {"url": "https://bank.example/3ds"}}
+    assert from_intent(intent("succeeded")) == Outcome("processing", "pi_1")
+    assert from_intent(intent("requires_action", next_action=bank)) == Outcome(
+        "requires_action", "pi_1", "https://bank.example/3ds"
+    )
+    declined = intent("requires_payment_method", last_payment_error={"message": "Declined."})
+    assert from_intent(declined) == Outcome("failed", "pi_1", error="Declined.")
