@@ -418,3 +418,22 @@ def test_customer_ids_are_one_per_account(app_conn, make_user):
     with pytest.raises(psycopg.Error) as info:
         app_conn.execute(record, [b, "cus_A1"])
     assert info.value.sqlstate == "TB004"
+
+
+def test_last_months_topups_do_not_count_against_this_months_cap(
+    owner, app_conn, notifier, admin_id, make_user
+):
+    user = make_user(balance=60)
+    enable(app_conn, user, cap=PRICE)
+    cross(owner, admin_id, user)
+    row = claim(notifier)
+    finish(notifier, row["id"], "processing", ev.new_id("pi"))
+    owner.execute(
+        "update tokenbill.auto_topups set status = 'succeeded',"
+        " month = (month - interval '1 month')::date where id = %s",
+        [row["id"]],
+    )
+    cross(owner, admin_id, user)
+    assert [t["status"] for t in topups(owner, user)] == ["succeeded", "pending"]
+    cross(owner, admin_id, user)  # one in flight, and it fills this month's cap
+    assert len(topups(owner, user)) == 2
