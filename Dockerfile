@@ -1,5 +1,5 @@
 # The tokenbill app image. docker-compose.yml runs it three ways: `web` (gunicorn),
-# `migrate` (python -m scripts.migrate) and `emulator` (python -m scripts.checkout_emulator).
+# `migrate` (flask --app webapp migrate) and `emulator` (python -m workshop.emulator).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,6 +18,8 @@ COPY pyproject.toml gunicorn.conf.py ./
 COPY db ./db
 COPY frontend ./frontend
 COPY scripts ./scripts
+# The workshop only for compose's `emulator` service (dev); the app never imports it.
+COPY workshop ./workshop
 COPY webapp ./webapp
 
 # Files stay root-owned and read-only for the process: it runs as an unprivileged user.

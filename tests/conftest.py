@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL database migrated once per run, real stripe-mock, the app.
 
 Nothing here fakes the database or Stripe's HTTP API. PostgreSQL and stripe-mock are started
-by scripts/services.py when DATABASE_ADMIN_URL / STRIPE_MOCK_URL are not given.
+by workshop/services/ when DATABASE_ADMIN_URL / STRIPE_MOCK_URL are not given.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from scripts import migrate
 from webapp.db import close_app, connect_as
+from webapp.ops import migrate
 
 WEBHOOK_SECRET = "whsec_test_tokenbill_secret"
 PASSWORD = "correct horse battery"
@@ -30,7 +30,7 @@ def admin_url() -> str:
     """A superuser URL on a server where the tests may create databases."""
     url = os.environ.get("DATABASE_ADMIN_URL")
     if not url:
-        from scripts import services
+        from workshop import services
 
         url = services.ensure_postgres()
     return url
@@ -54,7 +54,7 @@ def database_url(admin_url: str) -> Iterator[str]:
 def stripe_mock_url() -> str:
     url = os.environ.get("STRIPE_MOCK_URL")
     if not url:
-        from scripts import services
+        from workshop import services
 
         url = services.ensure_stripe_mock()
     return url

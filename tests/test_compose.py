@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts import checkout_emulator
+from workshop import emulator as checkout_emulator
 
 REPO = Path(__file__).resolve().parent.parent
 WEBHOOK_PATH = "web:5000/api/webhook/stripe"
@@ -91,7 +91,7 @@ def test_postgres_is_healthchecked_and_migrate_waits_for_it(raw: dict[str, Any])
     assert services["postgres"]["image"] == "postgres:15"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     migrate = services["migrate"]
-    assert migrate["command"] == ["python", "-m", "scripts.migrate"]
+    assert migrate["command"] == ["flask", "--app", "webapp", "migrate"]
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert "@postgres:5432/" in migrate["environment"]["DATABASE_URL"]
 
@@ -108,7 +108,7 @@ def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
     }
     logins = raw["services"]["db-logins"]
     assert logins["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
-    assert "scripts.db_logins" in logins["command"][-1]
+    assert "flask --app webapp db-logins" in logins["command"][-1]
     # the app never connects as the superuser that migrates
     assert web["environment"]["DATABASE_URL"].startswith("postgresql://tokenbill_web:")
     assert web["environment"]["WEBHOOK_DATABASE_URL"].startswith("postgresql://tokenbill_stripe:")
@@ -157,7 +157,7 @@ def test_emulator_runs_in_the_default_profile_and_posts_to_web(raw: dict[str, An
     emulator = raw["services"]["emulator"]
     assert "profiles" not in emulator
     command = emulator["command"]
-    assert command[:3] == ["python", "-m", "scripts.checkout_emulator"]
+    assert command[:3] == ["python", "-m", "workshop.emulator"]
     args = checkout_emulator.build_parser().parse_args(command[3:])
     assert args.webhook_url == f"http://{WEBHOOK_PATH}"
     assert (args.host, args.port) == ("0.0.0.0", 12112)
@@ -206,7 +206,8 @@ def test_dockerfile_installs_requirements_and_drops_root() -> None:
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
-    for needed in ("webapp", "frontend", "db", "scripts"):  # what the three commands import
+    # what the three commands import (the emulator service runs from the workshop)
+    for needed in ("webapp", "frontend", "db", "scripts", "workshop"):
         assert needed in copied
 
 

@@ -6,7 +6,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from scripts import procs
+from workshop import procs
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """Admin pages: balances, a user's ledger and manual adjustments, the Stripe webhook inbox,
-payments that were refused, and the ledger audit. Admins only (403 for everyone else).
+payments that were refused, and the ledger audit (on request). Admins only (403 for everyone else).
 
 Once the signed-in user is known to be an admin, the request's transactions run as
 tokenbill_admin (SET LOCAL ROLE): the web role itself cannot adjust balances. Every change goes
@@ -84,7 +84,7 @@ def _user_or_404(raw_id: str) -> dict[str, Any]:
 
 @bp.get("/")
 def index():
-    """Users with balances (``?q=`` searches emails) and the ledger audit."""
+    """Users with balances (``?q=`` searches emails); the audit has its own page."""
     query = request.args.get("q", "").strip()
     page = page_arg("page")
     users, more = paginate(
@@ -94,10 +94,16 @@ def index():
         page,
         PAGE_SIZE,
     )
-    audit = get_db().fetch_all("select * from api.ledger_audit()")
-    return render_template(
-        "admin/index.html", users=users, query=query, page=page, more=more, audit=audit
+    return render_template("admin/index.html", users=users, query=query, page=page, more=more)
+
+
+@bp.route("/audit", methods=["GET", "POST"])
+def audit():
+    """The ledger audit, run only when an admin asks (POST): it reads the whole ledger."""
+    rows = (
+        get_db().fetch_all("select * from api.ledger_audit()") if request.method == "POST" else None
     )
+    return render_template("admin/audit.html", audit=rows)
 
 
 def _render_user(user: dict[str, Any], status: int = 200, **form: Any):

@@ -20,8 +20,7 @@ from psycopg_pool import PoolTimeout
 from .billing import active_packages, base_url
 from .config import customers_enabled
 from .db import get_db
-from .stripe_gateway import customer_of, get_client
-from .topup_worker import action_url, saved_card
+from .stripe_gateway import action_url, customer_of, get_client, saved_card
 
 bp = Blueprint("autotopup", __name__, url_prefix="/account")
 log = logging.getLogger(__name__)

@@ -1,4 +1,7 @@
-"""Operator commands: ``flask --app webapp create-admin EMAIL`` and ``expire-agent-requests``.
+"""Operator commands: ``flask --app webapp <command>`` (``flask --app webapp --help`` lists them).
+
+create-admin and expire-agent-requests are here; migrate, reconcile, notify-alerts, db-logins,
+audit and auto-topup live in webapp/ops/ and are registered below.
 
 Making an admin is deliberately not something the web role can do (api.set_admin is not
 granted to tokenbill_app), so these commands connect with the operator's own login:
@@ -7,67 +10,13 @@ MIGRATION_DATABASE_URL when set, else DATABASE_URL, and never ``SET ROLE``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import click
-import psycopg
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import with_appcontext
-from psycopg import errors
-from psycopg.conninfo import conninfo_to_dict
 
 from .auth import MIN_PASSWORD, hasher
-from .config import MISSING_DATABASE_URL
-
-
-def operator_url() -> str:
-    """The database URL with the owner's privileges."""
-    return (
-        current_app.config.get("MIGRATION_DATABASE_URL")
-        or os.environ.get("MIGRATION_DATABASE_URL")
-        or current_app.config["DATABASE_URL"]
-    )
-
-
-def _where(url: str) -> str:
-    """host:port/dbname of a URL, for messages (never the password)."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.Error:
-        return "DATABASE_URL (unparsable)"
-    return (
-        f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
-    )
-
-
-@contextmanager
-def operator_connection() -> Iterator[psycopg.Connection]:
-    """An autocommit connection as the operator; database trouble becomes one clear line."""
-    url = operator_url()
-    if not url:
-        raise click.ClickException(MISSING_DATABASE_URL)
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
-    except psycopg.Error as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        reason = lines[0].removeprefix("connection failed: ")
-        raise click.ClickException(
-            f"cannot connect to the database at {_where(url)} ({reason}); is it running?"
-            " `bash scripts/run` starts the embedded one"
-        ) from None
-    with conn:
-        try:
-            yield conn
-        except (errors.InvalidSchemaName, errors.UndefinedFunction, errors.UndefinedTable):
-            raise click.ClickException(
-                f"the database at {_where(url)} has no tokenbill schema (or an old one):"
-                " run `python -m scripts.migrate` with the same DATABASE_URL"
-            ) from None
-        except psycopg.Error as exc:
-            message = exc.diag.message_primary or type(exc).__name__
-            raise click.ClickException(f"database error at {_where(url)}: {message}") from None
+from .ops import audit, auto_topup, db_logins, migrate, notify_alerts, reconcile
+from .ops.connection import operator_connection
 
 
 @click.command("create-admin")
@@ -107,8 +56,7 @@ def expire_agent_requests() -> None:
 
 
 def init_app(app: Flask) -> None:
-    app.cli.add_command(create_admin)
-    app.cli.add_command(expire_agent_requests)
-    from .topup_worker import auto_topup
-
-    app.cli.add_command(auto_topup)
+    for command in (create_admin, expire_agent_requests):
+        app.cli.add_command(command)
+    for module in (migrate, reconcile, notify_alerts, db_logins, audit, auto_topup):
+        app.cli.add_command(module.command)

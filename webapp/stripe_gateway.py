@@ -1,6 +1,6 @@
 """The Stripe SDK client, built from config, and the checkout fulfilment shared by every caller.
 
-The success page and ``scripts.reconcile`` both fulfil a Checkout Session through
+The success page and ``flask --app webapp reconcile`` both fulfil a Checkout Session through
 ``fulfil_session``; the webhook reaches the same SQL (tokenbill.fulfil_checkout_session)
 through api.handle_stripe_event. Granting therefore happens once whichever arrives first.
 """
@@ -84,6 +84,19 @@ def ensure_customer(
         "select api.record_stripe_customer(%s, %s) as id", [str(user_id), customer.id]
     )
     return recorded["id"]  # type: ignore[index]
+
+
+def saved_card(client: stripe.StripeClient, customer_id: str) -> Any | None:
+    """The customer's most recently saved card (Stripe lists newest first), if any."""
+    cards = client.v1.payment_methods.list(params={"customer": customer_id, "type": "card"})
+    return cards.data[0] if cards.data else None
+
+
+def action_url(intent: Any) -> str | None:
+    """The bank's page a requires_action PaymentIntent redirects to (3-D Secure), if any."""
+    action = intent.to_dict().get("next_action") or {}
+    url = (action.get("redirect_to_url") or {}).get("url")
+    return url if isinstance(url, str) and url.startswith("https://") else None
 
 
 def _json_default(value: Any) -> Any:

@@ -12,10 +12,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from scripts import migrate
 from tests.conftest import audit, balance_of, connect_as_app
 from tests.support.agents import begin_request as begin
 from tests.support.agents import make_overdue, open_holds
+from webapp.ops import migrate
 
 
 def kinds(conn, user) -> list[str]:

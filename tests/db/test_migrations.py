@@ -1,4 +1,4 @@
-"""scripts/migrate.py: applies everything once, records checksums, refuses edited files."""
+"""webapp/ops/migrate.py: applies everything once, records checksums, refuses edited files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from scripts import migrate
+from webapp.ops import migrate
 
 
 @pytest.fixture

@@ -91,8 +91,8 @@ def test_admin_adjust_needs_a_live_admin_session_not_an_admin_id(
 # --------------------------------------------------------------------------------------------
 @pytest.fixture
 def web_login(admin_url: str, database_url: str) -> Iterator[str]:
-    """A non-superuser login made by scripts.db_logins for tokenbill_app; dropped after."""
-    from scripts import db_logins
+    """A non-superuser login made by webapp.ops.db_logins for tokenbill_app; dropped after."""
+    from webapp.ops import db_logins
 
     name = f"tb_test_web_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     password = uuid.uuid4().hex

@@ -28,10 +28,11 @@ import requests
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from scripts import migrate, services
 from tests.conftest import WEBHOOK_SECRET
 from tests.support import stripe_events as ev
 from tests.support.edge_functions import postgres_url, serve_function
+from webapp.ops import migrate
+from workshop.services import postgres as services
 
 OWNER = "supa_postgres"
 # db/README.md step 3: one login per function, each a member of one group role only.

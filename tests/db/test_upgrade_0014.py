@@ -13,8 +13,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from scripts import migrate
 from tests.conftest import audit
+from webapp.ops import migrate
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """Real servers for the browser: the app and the Checkout emulator on loopback, and Chromium.
 
-One app + emulator and one Chromium per test module (scripts/browser_tour.py starts them);
+One app + emulator and one Chromium per test module (workshop/browser_tour.py starts them);
 each test gets its own browser context (cookies) and page. Screenshots of the flows go to
-test-artifacts/e2e/ (not committed; docs/screenshots comes from `python -m scripts.screenshots`).
+test-artifacts/e2e/ (not committed; docs/screenshots comes from `python -m workshop.screenshots`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.browser_tour import Live, launch, live_servers
+from workshop.browser_tour import Live, launch, live_servers
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
 

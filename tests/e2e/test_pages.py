@@ -3,7 +3,7 @@
 For a visitor, a user (who bought, chatted and had a card declined) and an admin, each page
 must: not scroll sideways, log no console error, have no failed request (an error page is
 only allowed its own status), and pass an axe-core scan with no serious or critical
-violation. The tour itself lives in scripts/browser_tour.py (the screenshots use it too).
+violation. The tour itself lives in workshop/browser_tour.py (the screenshots use it too).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from scripts.browser_tour import (
+from workshop.browser_tour import (
     WIDTHS,
     Shop,
     Watch,

@@ -14,7 +14,8 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect
 
-from scripts.browser_tour import (
+from tests.conftest import audit
+from workshop.browser_tour import (
     DECLINE,
     INSUFFICIENT,
     SECURE,
@@ -24,8 +25,7 @@ from scripts.browser_tour import (
     send,
     start_checkout,
 )
-from scripts.emulator_cards import AUTHENTICATION_FAILED
-from tests.conftest import audit
+from workshop.emulator.cards import AUTHENTICATION_FAILED
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ import pytest
 from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 
-from scripts import services
 from tests.conftest import PASSWORD
+from workshop import services
 
 REPO = services.REPO_ROOT
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -145,7 +145,9 @@ def test_a_database_without_migrations_is_named_with_the_fix(checkout: Path, adm
     """The old `services status` URL pointed at the `postgres` database: say what to run."""
     result = _flask(checkout, "create-admin", "x@example.com", DATABASE_URL=admin_url)
     assert result.returncode == 1
-    assert "has no tokenbill schema" in result.stderr and "scripts.migrate" in result.stderr
+    assert (
+        "has no tokenbill schema" in result.stderr and "flask --app webapp migrate" in result.stderr
+    )
     assert result.stderr.count("\n") == 1, result.stderr
 
 
@@ -157,7 +159,7 @@ def test_flask_help_lists_the_commands_without_configuration(checkout: Path) -> 
 
 
 def test_services_status_names_the_app_database(checkout: Path) -> None:
-    status = _new_shell(checkout, ".venv/bin/python", "-m", "scripts.services", "status")
+    status = _new_shell(checkout, ".venv/bin/python", "-m", "workshop.services", "status")
     port = services.checkout_pg_port(checkout)
     assert f"postgresql://postgres@127.0.0.1:{port}/tokenbill" in status.stdout
     assert os.fspath(checkout / ".data" / "postgres") in status.stdout

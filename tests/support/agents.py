@@ -134,3 +134,8 @@ def ledger_kinds(conn: psycopg.Connection, user_id: uuid.UUID) -> list[str]:
         "select kind from api.ledger_entries where user_id = %s order by id", [user_id]
     ).fetchall()
     return [row["kind"] for row in rows]
+
+
+def ask(client, message="hello", headers=None, **body):  # type: ignore[no-untyped-def]
+    """POST a message to the agent endpoint as ``client``."""
+    return client.post("/api/agent", json={"message": message, **body}, headers=headers or {})

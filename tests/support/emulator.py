@@ -13,6 +13,8 @@ from typing import Any
 import requests
 import stripe
 
+from workshop.net import ServerThread
+
 SECRET = "whsec_emulator_test_secret"
 USER_ID = "3f0b4a0e-8c1e-4d55-9d7e-3a8f2b0c1d2e"
 SUCCESS_EVENTS = {"checkout.session.completed", "payment_intent.succeeded", "charge.succeeded"}
@@ -72,15 +74,9 @@ def serve_receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    rec.url = f"http://127.0.0.1:{server.server_port}/api/webhook/stripe"
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    yield rec
-    server.shutdown()
-    server.server_close()
+    with ServerThread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        rec.url = f"{server.url}/api/webhook/stripe"
+        yield rec
     assert rec.invalid == []  # every delivery carried a valid signature
 
 
@@ -116,3 +112,15 @@ def create(client: stripe.StripeClient, **overrides: Any) -> stripe.checkout.Ses
 
 def pay(session: stripe.checkout.Session, **form: str) -> requests.Response:
     return requests.post(session.url, data=form or CARD, allow_redirects=False, timeout=30)
+
+
+def pay_declined(
+    session: stripe.checkout.Session, receiver: Receiver, card: dict[str, str], message: str
+) -> requests.Response:
+    """Pay ``session`` with ``card``; it must be declined (402, ``message``) with Stripe's two
+    failure events."""
+    resp = pay(session, **card)
+    assert resp.status_code == 402
+    assert message in resp.text
+    assert receiver.types() == ["charge.failed", "payment_intent.payment_failed"]
+    return resp

@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from workshop.net import ServerThread
+
 MODEL = "stub-model"
 
 
@@ -44,9 +46,7 @@ class ModelStub:
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+        self._serving = ServerThread(self._server)
 
     @property
     def base_url(self) -> str:
@@ -72,7 +72,7 @@ class ModelStub:
         return "".join(f"part {i} " for i in range(1, self.parts + 1))
 
     def __enter__(self) -> ModelStub:
-        self._thread.start()
+        self._serving.start()
         return self
 
     def __exit__(
@@ -82,9 +82,7 @@ class ModelStub:
         tb: TracebackType | None,
     ) -> None:
         self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
     def _stall_at(self, body: dict[str, Any]) -> int | None:
         last = json.dumps((body.get("messages") or [{}])[-1].get("content"))

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
+from workshop.net import ServerThread
+
 FRESH_ID_PREFIXES = {
     "/v1/checkout/sessions": "cs_test_",
     "/v1/customers": "cus_test_",
@@ -59,9 +61,7 @@ class RecordingProxy:
         self._ids_by_key: dict[str, str] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
+        self._serving = ServerThread(self._server)
 
     @property
     def url(self) -> str:
@@ -82,7 +82,7 @@ class RecordingProxy:
             self._requests.clear()
 
     def __enter__(self) -> RecordingProxy:
-        self._thread.start()
+        self._serving.start()
         return self
 
     def __exit__(
@@ -91,9 +91,7 @@ class RecordingProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:

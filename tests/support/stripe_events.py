@@ -1,4 +1,4 @@
-"""Stripe event builders and signing for tests (the same ones scripts.send_event uses).
+"""Stripe event builders and signing for tests (the same ones workshop.send_event uses).
 
 Typical use::
 
@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts.stripe_fixtures import (
+from webapp.signing import signature_header as sign
+from workshop.stripe_fixtures import (
     DEFAULT_AMOUNTS,
     HANDLED_TYPES,
     build,
@@ -35,7 +36,6 @@ from scripts.stripe_fixtures import (
     payment_intent_object,
     payment_intent_payment_failed,
     payment_intent_succeeded,
-    sign,
 )
 
 # The project's shared/ folder sits beside the checkout (developers' machines and CI alike).

@@ -6,7 +6,6 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,9 +13,9 @@ import pytest
 from tests.conftest import audit, balance_of
 from tests.support.agents import (
     FailingAgent,
-    FailsMidStream,
     NeverAnswers,
     RecordingAgent,
+    ask,
     bearer,
     begin_request,
     create_key,
@@ -25,28 +24,10 @@ from tests.support.agents import (
     make_overdue,
     ndjson,
     open_holds,
-    password_hash,
 )
 from webapp.agents import build_agent
 from webapp.agents.llm import LLMAgent
 from webapp.agents.offline import LABEL, OfflineAgent
-
-PW_HASH = password_hash()
-
-
-@pytest.fixture
-def member(make_user) -> Callable[..., tuple[uuid.UUID, str]]:
-    """A user who can log in with PASSWORD; returns (id, email)."""
-
-    def factory(balance: int = 0) -> tuple[uuid.UUID, str]:
-        email = f"member-{uuid.uuid4().hex[:12]}@example.test"
-        return make_user(balance=balance, email=email, password_hash=PW_HASH), email
-
-    return factory
-
-
-def ask(client, message="hello", headers=None, **body):
-    return client.post("/api/agent", json={"message": message, **body}, headers=headers or {})
 
 
 def message_count(conn, user) -> int:
@@ -305,88 +286,6 @@ def test_requests_without_a_key_are_each_charged(app, owner, member):
     ask(client, headers=headers)
     ask(client, headers=headers)
     assert balance_of(owner, user) == 3
-
-
-# -- streaming -----------------------------------------------------------------------------
-def test_streaming_happy_path(app, owner, member):
-    user, _ = member(balance=2)
-    response = ask(
-        app.test_client(), "stream me", headers=bearer(create_key(owner, user)), stream=True
-    )
-    assert response.status_code == 200
-    assert response.mimetype == "application/x-ndjson"
-    assert response.headers["X-Token-Balance"] == "1"
-    lines = ndjson(response.data)
-    deltas = [line["delta"] for line in lines if "delta" in line]
-    assert len(deltas) > 1
-    assert "".join(deltas) == OfflineAgent().reply([], "stream me")
-    assert lines[-1] == {"done": True, "balance": 1, "cost": 1, "agent": "offline"}
-    stored = owner.execute(
-        "select content from api.messages where user_id = %s and role = 'assistant'", [user]
-    ).fetchone()
-    assert stored["content"] == "".join(deltas)
-
-
-def test_mid_stream_failure_after_parts_is_charged_and_partial(make_app, owner, member):
-    app = make_app(AGENT=FailsMidStream)
-    user, _ = member(balance=2)
-    response = ask(app.test_client(), headers=bearer(create_key(owner, user)), stream=True)
-    lines = ndjson(response.data)
-    assert [line["delta"] for line in lines if "delta" in line] == ["Half an ", "answer"]
-    assert lines[-1]["partial"] is True and lines[-1]["balance"] == 1
-    assert lines[-1]["cost"] == 1 and not lines[-1].get("done")
-    assert ledger_kinds(owner, user)[-2:] == ["reserve", "settle"]
-    stored = owner.execute(
-        "select status, content from api.messages where user_id = %s and role = 'assistant'",
-        [user],
-    ).fetchone()
-    assert (stored["status"], stored["content"]) == ("partial", "Half an answer")
-
-
-def test_client_leaving_mid_stream_is_charged(app, owner, member):
-    """The adversary: read most of the answer, then reset the connection to keep the token."""
-    user, _ = member(balance=1)
-    response = app.test_client().post(
-        "/api/agent",
-        json={"message": "a long question", "stream": True},
-        headers=bearer(create_key(owner, user)),
-        buffered=False,
-    )
-    chunks = iter(response.response)
-    assert json.loads(next(chunks))["request_id"]
-    first = json.loads(next(chunks))["delta"]
-    response.close()  # the browser tab closed
-    assert ledger_kinds(owner, user)[-2:] == ["reserve", "settle"]
-    assert balance_of(owner, user) == 0
-    stored = owner.execute(
-        "select status, content from api.messages where user_id = %s and role = 'assistant'",
-        [user],
-    ).fetchone()
-    assert stored["status"] == "partial" and stored["content"] == first
-    assert audit(owner) == []
-
-
-def test_client_leaving_before_the_first_part_is_released(app, owner, member):
-    user, _ = member(balance=1)
-    response = app.test_client().post(
-        "/api/agent",
-        json={"message": "never mind", "stream": True},
-        headers=bearer(create_key(owner, user)),
-        buffered=False,
-    )
-    assert json.loads(next(iter(response.response)))["request_id"]
-    response.close()  # gone after the header line, before any part of the answer
-    assert ledger_kinds(owner, user)[-2:] == ["reserve", "release"]
-    assert balance_of(owner, user) == 1 and open_holds(owner, user) == 0
-
-
-def test_stream_timeout_before_any_part_releases(make_app, owner, member):
-    app = make_app(AGENT=NeverAnswers, AGENT_TIMEOUT_SECONDS=0.05)
-    user, _ = member(balance=1)
-    response = ask(app.test_client(), headers=bearer(create_key(owner, user)), stream=True)
-    last = ndjson(response.data)[-1]
-    assert "error" in last and last["cost"] == 0
-    assert balance_of(owner, user) == 1
 
 
 # -- rate limit ----------------------------------------------------------------------------

@@ -332,7 +332,7 @@ def assert_granted_once(owner, user) -> None:
 @contextmanager
 def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActions, str]]:
     """Checkout through our view, pay on the emulator's page; yields (client, auth, session)."""
-    from scripts.checkout_emulator import EmulatorConfig, EmulatorServer
+    from workshop.emulator import EmulatorConfig, EmulatorServer
 
     app = make_app(STRIPE_CUSTOMERS=False)  # the emulator has no Customers yet
     with serve(app) as shop_url:

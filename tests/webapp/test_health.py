@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from scripts.procs import free_port
+from workshop.net import free_port
 
 
 def _timed_get(app, path: str = "/healthz"):

@@ -1,6 +1,6 @@
 """A worker killed mid-stream: its holds expire to the written rule, and none survives.
 
-Real gunicorn (scripts/procs.py, as the fault-injection run uses it) serving the app against
+Real gunicorn (workshop/procs.py, as the fault-injection run uses it) serving the app against
 this run's database, the app's LLMAgent streaming from tests/support/model_stub.py. One stream
 has delivered parts when ``kill -9`` hits its worker, another has delivered nothing; after
 their holds' expiry the first is charged (output was sent: the database recorded it before
@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts import procs
 from tests.conftest import WEBHOOK_SECRET, audit, balance_of
 from tests.support.agents import create_key, ledger_kinds, open_holds
 from tests.support.model_stub import ModelStub
+from workshop import procs
 
 TIMEOUT_SECONDS = 5  # longer than the test needs to read 3 parts and kill the worker
 HOLD_SECONDS = TIMEOUT_SECONDS + 5  # the shortest hold the app allows

@@ -17,9 +17,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from scripts import db_logins
 from tests.conftest import WEBHOOK_SECRET, AuthActions, balance_of
 from tests.support import stripe_events as ev
+from webapp.ops import db_logins
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_purchase_webhook_and_admin_work_on_least_privilege_logins(app_on_logins
     )
     assert response.status_code == 303
     assert balance_of(owner, user) == 105
-    assert admin.client.get("/admin/").status_code == 200  # ledger_audit as tokenbill_admin
+    assert admin.client.post("/admin/audit").status_code == 200  # ledger_audit as tokenbill_admin
 
 
 def test_the_web_login_cannot_apply_stripe_events(logins, make_user, owner):

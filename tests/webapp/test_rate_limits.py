@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import requests
 
-from scripts import procs
 from tests.conftest import balance_of
 from tests.support.agents import bearer, create_key
-from tests.support.redis_server import redis_server
 from webapp import config
 from webapp.extensions import limiter
+from workshop import procs
+from workshop.net import free_port
+from workshop.services.redis_server import redis_server
 
 
 def _ask(client: Any, headers: dict[str, str]) -> Any:
@@ -83,7 +84,7 @@ def test_a_dead_redis_neither_breaks_the_service_nor_lifts_the_limit(make_app, m
     """Storage down: each worker keeps counting in memory until Redis is back; no 500s."""
     app = make_app(
         RATELIMIT_ENABLED=True,
-        RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{procs.free_port()}/0",
+        RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0",
         AGENT_RATE_LIMIT="2 per minute",
     )
     headers = bearer(create_key(owner, make_user(balance=5)))

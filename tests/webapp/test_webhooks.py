@@ -23,41 +23,13 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import WEBHOOK_SECRET, audit, balance_of
 from tests.support import stripe_events as ev
 from tests.support.servers import serve
-
-WEBHOOK = "/api/webhook/stripe"
+from tests.support.webhooks import WEBHOOK, deliver, event_row, grants_for, purchase
 
 
 @pytest.fixture(autouse=True)
 def ledger_stays_consistent(owner) -> Iterator[None]:
     yield
     assert audit(owner) == []
-
-
-def deliver(client, evt: dict[str, Any], *, secret: str = WEBHOOK_SECRET, timestamp=None):
-    body, header = ev.signed(evt, secret, timestamp)
-    return client.post(
-        WEBHOOK, data=body, headers={"Stripe-Signature": header, "Content-Type": "application/json"}
-    )
-
-
-def event_row(owner, event_id: str) -> dict[str, Any] | None:
-    return owner.execute(
-        "select outcome, detail, attempts from api.stripe_events where id = %s", [event_id]
-    ).fetchone()
-
-
-def purchase(owner, pi: str) -> dict[str, Any] | None:
-    return owner.execute(
-        "select * from api.purchases where payment_intent_id = %s", [pi]
-    ).fetchone()
-
-
-def grants_for(owner, pi: str) -> int:
-    return owner.execute(
-        "select count(*) as n from api.ledger_entries where payment_intent_id = %s"
-        " and kind = 'purchase'",
-        [pi],
-    ).fetchone()["n"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,83 +272,6 @@ def test_a_declined_then_paid_intent_grants_once(client, owner, make_user):
 
 
 # --------------------------------------------------------------------------------------------
-# Refunds and disputes
-# --------------------------------------------------------------------------------------------
-def paid(client, owner, make_user, package="tokens_600", amount=2000) -> tuple[Any, str, str]:
-    """A user who bought ``package``: (user, payment intent, charge)."""
-    user = make_user()
-    pi, ch = ev.new_id("pi"), ev.new_id("ch")
-    evt = ev.payment_intent_succeeded(user, package, amount, pi=pi, charge=ch)
-    assert deliver(client, evt).get_json()["outcome"] == "processed"
-    return user, pi, ch
-
-
-def test_partial_then_full_refund_takes_tokens_back_once(client, owner, make_user):
-    user, pi, ch = paid(client, owner, make_user)
-    half = ev.charge_refunded(pi, 2000, 1000, charge=ch)
-
-    assert deliver(client, half).status_code == 200
-    assert balance_of(owner, user) == 300
-    assert purchase(owner, pi)["display_status"] == "partially_refunded"
-    assert deliver(client, half).get_json()["outcome"] == "duplicate"
-
-    full = ev.charge_refunded(pi, 2000, 2000, charge=ch, previously_refunded=1000)
-    assert deliver(client, full).status_code == 200
-    assert balance_of(owner, user) == 0
-    assert purchase(owner, pi)["display_status"] == "refunded"
-    # A late copy of the partial refund (another event id, older total) moves nothing.
-    late = ev.charge_refunded(pi, 2000, 1000, charge=ch)
-    assert deliver(client, late).status_code == 200
-    assert balance_of(owner, user) == 0
-
-
-def test_refund_from_the_shared_fixture_shape(client, owner, make_user):
-    evt = ev.shared_fixture("charge.refunded")
-    user, pi, ch = paid(client, owner, make_user, "tokens_100", 500)
-    evt["id"] = ev.new_id("evt")
-    evt["data"]["object"].update(
-        id=ch, payment_intent=pi, amount=500, amount_captured=500, amount_refunded=500
-    )
-    assert deliver(client, evt).get_json()["outcome"] == "processed"
-    assert balance_of(owner, user) == 0
-
-
-def test_dispute_won_gives_the_tokens_back(client, owner, make_user):
-    user, pi, ch = paid(client, owner, make_user)
-    dp = ev.new_id("dp")
-    created = ev.dispute("created", pi, 2000, charge=ch, dispute_id=dp, status="needs_response")
-    assert deliver(client, created).get_json()["outcome"] == "processed"
-    assert balance_of(owner, user) == 0
-    assert purchase(owner, pi)["display_status"] == "disputed"
-
-    won = ev.dispute("closed", pi, 2000, charge=ch, dispute_id=dp, status="won")
-    assert "given back" in deliver(client, won).get_json()["detail"]
-    assert balance_of(owner, user) == 600
-    assert purchase(owner, pi)["display_status"] == "paid"
-
-
-def test_dispute_lost_keeps_the_tokens_taken(client, owner, make_user):
-    user, pi, ch = paid(client, owner, make_user)
-    dp = ev.new_id("dp")
-    deliver(client, ev.dispute("created", pi, 2000, charge=ch, dispute_id=dp))
-    lost = ev.dispute("closed", pi, 2000, charge=ch, dispute_id=dp, status="lost")
-    assert deliver(client, lost).status_code == 200
-    # A late 'updated' cannot reopen a closed dispute.
-    late = ev.dispute("updated", pi, 2000, charge=ch, dispute_id=dp, status="under_review")
-    assert deliver(client, late).status_code == 200
-    assert balance_of(owner, user) == 0
-    status = owner.execute("select status from api.disputes where id = %s", [dp]).fetchone()
-    assert status["status"] == "lost"
-
-
-def test_refund_for_an_unknown_charge_is_rejected_not_retried(client, owner):
-    evt = ev.charge_refunded(None, 500, 500)  # type: ignore[arg-type]
-    response = deliver(client, evt)
-    assert response.status_code == 200
-    assert response.get_json()["outcome"] == "rejected"
-
-
-# --------------------------------------------------------------------------------------------
 # Rejections and events we do not act on
 # --------------------------------------------------------------------------------------------
 def test_amount_mismatch_is_rejected_and_visible(client, owner, make_user):
@@ -471,6 +366,7 @@ import json, sys
 from webapp import create_app
 from tests.support import stripe_events as ev
 from tests.support.servers import serve
+from tests.support.webhooks import WEBHOOK, deliver, event_row, grants_for, purchase
 cfg = json.loads(sys.argv[1])
 app = create_app(cfg)
 client = app.test_client()

@@ -1,0 +1,97 @@
+"""The HTTP benchmark at a tiny size, and the bench-only control route's boundaries.
+
+Behaviour only (no timing): the report has the rows the docs rely on, every webhook was a real
+grant, the control route answers like /api/agent without charging, and the production app
+does not have it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import balance_of
+from webapp import create_app
+from webapp.api_auth import new_api_key
+from webapp.db import close_app
+from workshop import bench_http
+from workshop.bench_app import UNBILLED_PATH, create_bench_app
+from workshop.bench_common import parse_tables
+
+
+def _rules(app: Any) -> set[str]:
+    return {rule.rule for rule in app.url_map.iter_rules()}
+
+
+def test_control_route_exists_only_in_the_bench_app(app_config: dict[str, Any]) -> None:
+    production = create_app(app_config)
+    bench = create_bench_app(app_config)
+    try:
+        assert UNBILLED_PATH not in _rules(production)
+        assert "/api/agent" in _rules(production)
+        assert _rules(bench) - _rules(production) == {UNBILLED_PATH}
+    finally:
+        close_app(production)
+        close_app(bench)
+
+
+def test_control_route_authenticates_and_answers_without_charging(
+    app_config: dict[str, Any], make_user: Any, owner: psycopg.Connection[Any]
+) -> None:
+    app = create_bench_app(app_config)
+    try:
+        user_id = make_user(balance=3)
+        secret, prefix, key_hash = new_api_key()
+        owner.execute("select api.create_api_key(%s, 'b', %s, %s)", [user_id, prefix, key_hash])
+        client = app.test_client()
+
+        anonymous = client.post(UNBILLED_PATH, json={"message": "hi"})
+        answered = client.post(
+            UNBILLED_PATH,
+            json={"message": "hi there"},
+            headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "k1"},
+        )
+
+        assert anonymous.status_code == 401
+        assert answered.status_code == 200
+        body = answered.get_json()
+        assert body["agent"] == "offline" and '"hi there"' in body["reply"]
+        assert body["balance"] == 3 and answered.headers["X-Token-Balance"] == "3"
+        assert balance_of(owner, user_id) == 3  # nothing charged
+        stored = owner.execute(
+            "select count(*) as n from api.messages where user_id = %s", [user_id]
+        ).fetchone()
+        assert stored["n"] == 0  # nothing stored
+    finally:
+        close_app(app)
+
+
+def _bench_databases(admin_url: str) -> set[str]:
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute(
+            "select datname from pg_database where datname like 'tokenbill_bench_http_%'"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+@pytest.mark.timeout(120)
+def test_tiny_run_prints_every_row(admin_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _bench_databases(admin_url)
+    argv = ["--database-url", admin_url, "--webhooks", "6", "--clients", "1,2"]
+
+    assert bench_http.main([*argv, "--rounds", "2", "--per-round", "3"]) == 0
+
+    out = capsys.readouterr().out
+    webhooks, agent, overhead = parse_tables(out)
+    assert webhooks[0] == bench_http.WEBHOOK_HEADERS
+    assert [(r[1], r[2], r[3]) for r in webhooks[1:]] == [("1", "6", "0"), ("2", "6", "0")]
+    assert agent[0] == bench_http.AGENT_HEADERS
+    assert [(r[0], r[1], r[2]) for r in agent[1:]] == [
+        ("billed: POST /api/agent", "6", "0"),
+        (f"control: POST {UNBILLED_PATH}", "6", "0"),
+    ]
+    assert [r[0] for r in overhead[1:]] == ["difference (ms)", "ratio (billed / control)"]
+    assert "checked: 12 of 12 payments granted; ledger audit empty" in out
+    assert _bench_databases(admin_url) - before == set()  # its database was dropped

@@ -1,0 +1,61 @@
+"""The production app plus one bench-only route, for measuring what billing costs per request.
+
+``POST /bench/agent-unbilled`` is ``POST /api/agent`` without the ledger: it authenticates the
+same way (an API key through webapp.api_auth), passes the same rate limiter, runs the same
+agent on the message and answers the same JSON shape, but never calls
+api.begin_agent_request / api.settle_agent_request (nothing reserved, nothing stored). The
+difference in latency between the two routes is the cost of billing.
+
+It exists only here: ``webapp.create_app()`` never registers it (a test checks), and only
+``workshop.bench_http`` serves ``workshop.bench_app:create_bench_app()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Flask, abort, current_app, jsonify, request
+
+from webapp import create_app
+from webapp.agent import _agent_limit, _rate_key
+from webapp.agents import get_agent
+from webapp.api_auth import api_login_required, api_user
+from webapp.extensions import csrf, limiter
+from webapp.metering import collect
+
+bp = Blueprint("bench", __name__, url_prefix="/bench")
+UNBILLED_PATH = "/bench/agent-unbilled"
+
+
+@bp.post("/agent-unbilled")
+@csrf.exempt
+@api_login_required
+@limiter.limit(_agent_limit, key_func=_rate_key)
+def agent_unbilled():
+    """Run the agent for an authenticated caller and answer like /api/agent, without billing."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+        abort(400, "Send a JSON object with a message.")
+    user = api_user()
+    agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
+    timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
+    reply = asyncio.run(asyncio.wait_for(collect(agent, [], data["message"]), timeout))
+    response = jsonify(
+        request_id=request.headers.get("Idempotency-Key") or uuid.uuid4().hex,
+        conversation_id=None,
+        reply=reply,
+        balance=user.balance,
+        agent=agent.name,
+    )
+    response.headers["X-Token-Balance"] = str(user.balance)
+    return response
+
+
+def create_bench_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """``webapp.create_app()`` with the unbilled control route registered."""
+    app = create_app(test_config)
+    app.register_blueprint(bp)
+    return app

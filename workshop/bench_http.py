@@ -1,0 +1,301 @@
+"""HTTP benchmarks through the production server (gunicorn): webhooks and the agent endpoint.
+
+1. Signed ``checkout.session.completed`` deliveries per second: every delivery is a distinct
+   payment whose session was recorded first, so each one is a real grant (inbox row, payment
+   row, ledger row), sent from C concurrent keep-alive clients.
+2. Agent-endpoint latency with the offline agent: the real ``POST /api/agent`` with an API key
+   (billing on: begin/charge, history lookup, finish) against the bench-only control route
+   ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
+   rounds from one client; the difference is what billing costs per request.
+
+gunicorn serves ``workshop.bench_app:create_bench_app()`` on a free port, against a fresh
+database created and migrated by workshop.bench_common (dropped afterwards). Numbers only: it
+never asserts on timing.
+
+CLI::
+
+    python -m workshop.bench_http [--quick] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+
+from webapp.api_auth import new_api_key
+from workshop import procs, stripe_fixtures
+from workshop.bench_app import UNBILLED_PATH
+from workshop.bench_common import (
+    Sample,
+    bench_database,
+    connect_owner,
+    create_admin,
+    create_funded_users,
+    format_table,
+    ledger_audit,
+    progress,
+    resolve_admin_url,
+)
+
+WEBHOOK_SECRET = "whsec_bench_http_" + "0" * 8  # a private server: not a real secret
+APP_SPEC = "workshop.bench_app:create_bench_app()"
+WORKERS, THREADS = 2, 8  # what scripts/run starts
+WEBHOOK_HEADERS = [
+    "scenario",
+    "clients",
+    "deliveries",
+    "errors",
+    "deliveries/s",
+    "p50 ms",
+    "p99 ms",
+]
+AGENT_HEADERS = ["route", "requests", "errors", "p50 ms", "p99 ms", "mean ms"]
+OVERHEAD_HEADERS = ["billing overhead", "p50", "p99", "mean"]
+
+
+@dataclass
+class Settings:
+    webhooks: int
+    clients: list[int]
+    rounds: int
+    per_round: int
+
+
+QUICK = Settings(webhooks=300, clients=[1, 4, 8], rounds=4, per_round=100)
+FULL = Settings(webhooks=2000, clients=[1, 4, 8, 16], rounds=6, per_round=300)
+
+
+# ============================================================================================
+# Webhooks
+# ============================================================================================
+def _webhook_bodies(owner: psycopg.Connection[Any], count: int) -> list[bytes]:
+    """One paid checkout.session.completed per new buyer, its session recorded beforehand."""
+    code, amount = owner.execute(
+        "select code, amount_cents from api.packages order by amount_cents limit 1"
+    ).fetchone() or ("tokens_100", 500)
+    buyers = create_funded_users(owner, uuid.UUID(int=0), count, 0, "http-buyer")
+    bodies = []
+    for user_id in buyers:
+        cs = stripe_fixtures.new_id("cs")
+        owner.execute(
+            "select api.record_checkout_session(%s, %s, %s, %s)",
+            [cs, user_id, code, f"https://checkout.stripe.test/{cs}"],
+        )
+        evt = stripe_fixtures.checkout_session_completed(user_id, code, amount, cs=cs)
+        bodies.append(stripe_fixtures.encode(evt))
+    return bodies
+
+
+def _post_webhooks(url: str, bodies: Sequence[bytes], clients: int) -> Sample:
+    """Send every body once, split over ``clients`` keep-alive sessions started together."""
+    barrier = threading.Barrier(clients + 1)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+
+    def client(index: int) -> None:
+        with requests.Session() as session:
+            session.get(f"{url}/healthz", timeout=10)  # open the connection before the clock
+            barrier.wait()
+            for body in bodies[index::clients]:
+                headers = {
+                    "Content-Type": "application/json",
+                    "Stripe-Signature": stripe_fixtures.sign(body, WEBHOOK_SECRET),
+                }
+                t0 = time.perf_counter()
+                response = session.post(
+                    f"{url}/api/webhook/stripe", data=body, headers=headers, timeout=60
+                )
+                latencies[index].append((time.perf_counter() - t0) * 1000.0)
+                if response.status_code != 200 or response.json().get("outcome") != "processed":
+                    errors[index] += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return Sample(
+        seconds=time.perf_counter() - started,
+        latencies_ms=[x for per in latencies for x in per],
+        failures=sum(errors),
+    )
+
+
+def bench_webhooks(url: str, owner: psycopg.Connection[Any], settings: Settings) -> list[list[Any]]:
+    """One row per client count."""
+    rows = []
+    for clients in settings.clients:
+        bodies = _webhook_bodies(owner, settings.webhooks)
+        progress(f"webhooks: {len(bodies)} deliveries from {clients} client(s)")
+        sample = _post_webhooks(url, bodies, clients)
+        rows.append(
+            [
+                "checkout.session.completed (grant)",
+                clients,
+                sample.ops,
+                sample.failures,
+                sample.ops_per_s,
+                sample.p(50),
+                sample.p(99),
+            ]
+        )
+    return rows
+
+
+# ============================================================================================
+# Agent endpoint: billed vs. unbilled
+# ============================================================================================
+def _agent_client(owner: psycopg.Connection[Any], requests_needed: int) -> str:
+    """A funded account with an API key; returns the key's secret."""
+    admin_id = create_admin(owner)
+    (user_id,) = create_funded_users(owner, admin_id, 1, requests_needed, "http-agent")
+    secret, prefix, key_hash = new_api_key()
+    owner.execute("select api.create_api_key(%s, 'bench', %s, %s)", [user_id, prefix, key_hash])
+    return secret
+
+
+def _agent_round(session: requests.Session, url: str, path: str, secret: str, n: int) -> Sample:
+    latencies, failures = [], 0
+    started = time.perf_counter()
+    for _ in range(n):
+        key = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        response = session.post(
+            f"{url}{path}",
+            json={"message": "How many tokens does this request cost?"},
+            headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": key},
+            timeout=60,
+        )
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        if response.status_code != 200 or not response.json().get("reply"):
+            failures += 1
+    return Sample(seconds=time.perf_counter() - started, latencies_ms=latencies, failures=failures)
+
+
+def bench_agent(
+    url: str, owner: psycopg.Connection[Any], settings: Settings
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Alternate billed and unbilled rounds (ABBA...) so drift hits both alike."""
+    secret = _agent_client(owner, settings.rounds * settings.per_round + 20)
+    routes = {
+        "billed: POST /api/agent": "/api/agent",
+        f"control: POST {UNBILLED_PATH}": UNBILLED_PATH,
+    }
+    merged = {name: Sample(seconds=0.0) for name in routes}
+    with requests.Session() as session:
+        for path in routes.values():  # warm up: connection, agent, plans
+            _agent_round(session, url, path, secret, 5)
+        for r in range(settings.rounds):
+            order = list(routes.items()) if r % 2 == 0 else list(routes.items())[::-1]
+            for name, path in order:
+                progress(f"agent round {r + 1}/{settings.rounds}: {path}")
+                sample = _agent_round(session, url, path, secret, settings.per_round)
+                merged[name].seconds += sample.seconds
+                merged[name].latencies_ms += sample.latencies_ms
+                merged[name].failures += sample.failures
+    rows = [
+        [name, s.ops, s.failures, s.p(50), s.p(99), sum(s.latencies_ms) / max(1, s.ops)]
+        for name, s in merged.items()
+    ]
+    billed, control = rows
+    overhead = [
+        ["difference (ms)", *(billed[i] - control[i] for i in (3, 4, 5))],
+        ["ratio (billed / control)", *(billed[i] / control[i] for i in (3, 4, 5))],
+    ]
+    return rows, overhead
+
+
+# ============================================================================================
+# Main
+# ============================================================================================
+def run(admin_url: str, settings: Settings) -> str:
+    """Run both benchmarks on a fresh database and return the report (Markdown tables)."""
+    log_dir = Path(tempfile.mkdtemp(prefix="tokenbill-bench-http-"))
+    metrics_dir = log_dir / "prometheus"
+    metrics_dir.mkdir()
+    try:
+        with bench_database(admin_url, f"tokenbill_bench_http_{uuid.uuid4().hex[:8]}") as db:
+            env = {
+                "DATABASE_URL": db,
+                "WEBHOOK_DATABASE_URL": db,
+                "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "SECRET_KEY": secrets.token_urlsafe(32),
+                "AGENT_RATE_LIMIT": "1000000 per minute",
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            }
+            with (
+                connect_owner(db) as owner,
+                procs.gunicorn(
+                    APP_SPEC, env, log_dir / "gunicorn.log", workers=WORKERS, threads=THREADS
+                ) as server,
+            ):
+                webhook_rows = bench_webhooks(server.url, owner, settings)
+                agent_rows, overhead = bench_agent(server.url, owner, settings)
+                grants = owner.execute(
+                    "select count(*) from tokenbill.payments where status = 'granted'"
+                ).fetchone()
+                audit, _ = ledger_audit(owner)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    expected = settings.webhooks * len(settings.clients)
+    return "\n".join(
+        [
+            f"gunicorn: {WORKERS} workers x {THREADS} threads, offline agent",
+            "",
+            "### Webhook deliveries",
+            "",
+            format_table(WEBHOOK_HEADERS, webhook_rows),
+            "",
+            "### Agent endpoint latency (one client, alternating rounds)",
+            "",
+            format_table(AGENT_HEADERS, agent_rows),
+            "",
+            format_table(OVERHEAD_HEADERS, overhead),
+            "",
+            f"checked: {grants[0] if grants else 0} of {expected} payments granted;"
+            f" ledger audit {'empty' if not audit else f'{len(audit)} problem(s)'}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m workshop.bench_http",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--database-url", help="superuser URL (default: DATABASE_ADMIN_URL)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (about a minute)")
+    parser.add_argument("--webhooks", type=int, help="deliveries per client count")
+    parser.add_argument("--clients", help="comma-separated client counts, e.g. 1,4,8")
+    parser.add_argument("--rounds", type=int, help="A/B rounds of the agent benchmark")
+    parser.add_argument("--per-round", type=int, help="requests per route per round")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    settings = Settings(
+        webhooks=args.webhooks or base.webhooks,
+        clients=[int(c) for c in args.clients.split(",")] if args.clients else base.clients,
+        rounds=args.rounds or base.rounds,
+        per_round=args.per_round or base.per_round,
+    )
+    print(run(resolve_admin_url(args.database_url), settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
