@@ -167,12 +167,10 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
 
 
 def customers_enabled(config: Mapping[str, Any]) -> bool:
-    """STRIPE_CUSTOMERS when set; else on, except with the bundled emulator's key (it has no
-    /v1/customers yet, so its Checkout Sessions name the buyer's email instead)."""
+    """STRIPE_CUSTOMERS, on unless set to 0 (then Checkout Sessions name the buyer's email and
+    no card can be saved for auto top-up). The emulator knows Customers too."""
     explicit = config.get("STRIPE_CUSTOMERS")
-    if explicit is not None:
-        return bool(explicit)
-    return (config.get("STRIPE_SECRET_KEY") or "") != EMULATOR_STRIPE_KEY
+    return True if explicit is None else bool(explicit)
 
 
 def stripe_livemode(config: Mapping[str, Any]) -> bool | None:

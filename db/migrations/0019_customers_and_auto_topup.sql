@@ -226,7 +226,11 @@ language plpgsql set search_path = '' as $$
 declare
     v_topup bigint;
 begin
-    select t.id into v_topup from tokenbill.auto_topups t where t.payment_intent_id = new.payment_intent_id;
+    -- An off-session charge that needs 3-D Secure also fails (authentication_required): the
+    -- top-up stays requires_action, waiting for the user, not counted as a failure.
+    select t.id into v_topup from tokenbill.auto_topups t
+     where t.payment_intent_id = new.payment_intent_id
+       and (new.status = 'granted' or t.status <> 'requires_action');
     if v_topup is null then
         return null;
     end if;
@@ -251,7 +255,8 @@ create trigger payments_follow_auto_topup
 /**
  * Save a user's auto top-up settings. Saving clears the notice of why it was turned off (the
  * user has seen the page); turning it on clears the failure count; turning it off cancels a
- * queued top-up not yet sent to Stripe.
+ * queued top-up not yet sent to Stripe and one waiting for 3-D Secure (completed anyway, its
+ * payment still grants through the webhook).
  */
 create function api.set_auto_topup(
     p_user_id uuid, p_enabled boolean, p_threshold integer, p_package_code text,
@@ -289,8 +294,8 @@ begin
             disabled_reason = null,
             updated_at = now();
     if not coalesce(p_enabled, false) then
-        update tokenbill.auto_topups t set status = 'canceled', updated_at = now()
-         where t.user_id = p_user_id and t.status = 'pending';
+        update tokenbill.auto_topups t set status = 'canceled', action_url = null, updated_at = now()
+         where t.user_id = p_user_id and t.status in ('pending', 'requires_action');
     end if;
 end
 $$;
@@ -377,7 +382,7 @@ begin
      where p.payment_intent_id = p_payment_intent_id;
     if v_paid = 'granted' then
         perform tokenbill.succeed_auto_topup(p_topup_id);
-    elsif v_paid = 'failed' then
+    elsif v_paid = 'failed' and p_outcome <> 'requires_action' then
         perform tokenbill.fail_auto_topup(p_topup_id, (select p.reason from tokenbill.payments p
                                                         where p.payment_intent_id = p_payment_intent_id));
     end if;

@@ -137,6 +137,8 @@ def test_a_reservation_crossing_the_threshold_queues_a_topup(owner, app_conn, ma
     ).fetchone()
     assert started["outcome"] == "started"
     assert [t["status"] for t in topups(owner, user)] == ["pending"]
+    # settle it: a hold left open would be another test's expired hold a minute later
+    owner.execute("select api.settle_agent_request(%s, 'r1', 'failed', '', 0)", [user])
 
 
 def test_threshold_crossing_under_32_concurrent_consumers_creates_exactly_one_topup(
@@ -437,3 +439,28 @@ def test_last_months_topups_do_not_count_against_this_months_cap(
     assert [t["status"] for t in topups(owner, user)] == ["succeeded", "pending"]
     cross(owner, admin_id, user)  # one in flight, and it fills this month's cap
     assert len(topups(owner, user)) == 2
+
+
+@pytest.mark.parametrize("webhook_first", [False, True])
+def test_authentication_required_failure_event_leaves_the_topup_waiting_for_the_user(
+    owner, app_conn, notifier, webhook_conn, make_user, webhook_first
+):
+    """Stripe sends payment_intent.payment_failed for an off-session charge needing 3-D Secure."""
+    user = make_user(balance=60)
+    enable(app_conn, user)
+    spend(owner, user, 20)
+    row = claim(notifier)
+    pi = ev.new_id("pi")
+    failed = topup_intent_event("failed", user, row["id"], pi)
+    failed["data"]["object"]["last_payment_error"] = {"code": "authentication_required"}
+    if webhook_first:
+        apply(webhook_conn, failed)
+    assert finish(notifier, row["id"], "requires_action", pi) == "requires_action"
+    if not webhook_first:
+        apply(webhook_conn, failed)
+    assert topups(owner, user)[0]["status"] == "requires_action"
+    assert settings_of(owner, user)["consecutive_failures"] == 0
+
+    apply(webhook_conn, topup_intent_event("succeeded", user, row["id"], pi))  # completed
+    assert topups(owner, user)[0]["status"] == "succeeded"
+    assert balance_of(owner, user) == 40 + TOKENS

@@ -334,7 +334,7 @@ def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActi
     """Checkout through our view, pay on the emulator's page; yields (client, auth, session)."""
     from workshop.emulator import EmulatorConfig, EmulatorServer
 
-    app = make_app(STRIPE_CUSTOMERS=False)  # the emulator has no Customers yet
+    app = make_app()
     with serve(app) as shop_url:
         config = EmulatorConfig(
             webhook_url=f"{shop_url}/api/webhook/stripe" if webhooks else None,

@@ -125,9 +125,9 @@ def test_without_customers_the_session_names_the_email_and_saves_no_card(make_ap
     assert "payment_intent_data[setup_future_usage]" not in form
 
 
-def test_the_emulator_key_defaults_to_no_customers():
+def test_customers_are_on_unless_turned_off():
     from webapp.config import EMULATOR_STRIPE_KEY, customers_enabled
 
     assert customers_enabled({"STRIPE_SECRET_KEY": "sk_test_x"}) is True
-    assert customers_enabled({"STRIPE_SECRET_KEY": EMULATOR_STRIPE_KEY}) is False
-    assert customers_enabled({"STRIPE_SECRET_KEY": EMULATOR_STRIPE_KEY, "STRIPE_CUSTOMERS": True})
+    assert customers_enabled({"STRIPE_SECRET_KEY": EMULATOR_STRIPE_KEY}) is True
+    assert customers_enabled({"STRIPE_CUSTOMERS": False}) is False

@@ -113,6 +113,8 @@ class Payments(Sessions):
     ) -> PayOutcome:
         """Charge the card, complete the session; the events Stripe sends for a paid Checkout."""
         charge = self._charge(pi, email, expiry, card)
+        if pi.get("setup_future_usage") == "off_session" and pi["customer"]:
+            self.save_card(pi["customer"], pi["payment_method"], card, expiry, email)  # type: ignore[attr-defined]
         pi.update(
             status="succeeded",
             amount_received=pi["amount"],
@@ -149,7 +151,7 @@ class Payments(Sessions):
             "confirmation_method": "automatic",
             "created": self.now(),
             "currency": session["currency"],
-            "customer": None,
+            "customer": session["customer"],
             "description": data["description"],
             "last_payment_error": None,
             "latest_charge": None,
@@ -159,6 +161,7 @@ class Payments(Sessions):
             "payment_method": None,
             "payment_method_types": ["card"],
             "receipt_email": data["receipt_email"] or email,
+            "setup_future_usage": data.get("setup_future_usage"),
             "status": "requires_payment_method",
         }
         self.payment_intents[pi["id"]] = pi

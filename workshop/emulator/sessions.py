@@ -24,6 +24,7 @@ from workshop.emulator.wire import (
     _invalid,
     _metadata,
     _missing,
+    _not_found,
     format_amount,
     new_id,
 )
@@ -151,6 +152,12 @@ class Sessions(Events):
                 f"{format_amount(50, currency)} {currency}",
             )
         email = None
+        customer = None
+        if "customer" in params:
+            customer = _as_str(params["customer"], "customer")
+            if customer not in self.customers:
+                raise _not_found("customer", customer, "customer")
+            email = self.customers[customer]["email"]
         if "customer_email" in params:
             email = _as_str(params["customer_email"], "customer_email", 512)
             if not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
@@ -176,7 +183,7 @@ class Sessions(Events):
             "client_reference_id": reference,
             "created": now,
             "currency": currency,
-            "customer": None,
+            "customer": customer,
             "customer_details": None,
             "customer_email": email,
             "expires_at": expires_at,
@@ -199,6 +206,7 @@ class Sessions(Events):
             "metadata": pi_metadata,
             "description": pi_data.get("description"),
             "receipt_email": pi_data.get("receipt_email"),
+            "setup_future_usage": pi_data.get("setup_future_usage"),
         }
         return session
 
