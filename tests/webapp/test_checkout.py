@@ -330,11 +330,13 @@ def assert_granted_once(owner, user) -> None:
 
 
 @contextmanager
-def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActions, str]]:
+def bought_and_paid(
+    make_app, *, webhooks: bool, card: dict[str, str] = CARD, **config: Any
+) -> Iterator[tuple[Any, AuthActions, str]]:
     """Checkout through our view, pay on the emulator's page; yields (client, auth, session)."""
     from workshop.emulator import EmulatorConfig, EmulatorServer
 
-    app = make_app()
+    app = make_app(**config)
     with serve(app) as shop_url:
         config = EmulatorConfig(
             webhook_url=f"{shop_url}/api/webhook/stripe" if webhooks else None,
@@ -352,7 +354,7 @@ def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActi
             )
             assert to_stripe.status_code == 303
             paid = requests.post(
-                to_stripe.headers["Location"], data=CARD, allow_redirects=False, timeout=30
+                to_stripe.headers["Location"], data=card, allow_redirects=False, timeout=30
             )
             assert paid.status_code == 303
             back = urlsplit(paid.headers["Location"])

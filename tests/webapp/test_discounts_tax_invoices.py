@@ -182,3 +182,27 @@ def test_history_links_invoice_pdf_and_receipt_and_admin_sees_the_discount(
     owner.execute("select api.set_admin(%s)", [actions.email])
     admin_page = client.get(f"/admin/users/{user}").data.decode()
     assert "discount $1.00" in admin_page and "promo_X1" in admin_page
+
+
+@pytest.mark.parametrize("webhooks", [True, False])
+def test_a_promotion_code_on_the_emulator_grants_full_tokens_end_to_end(make_app, owner, webhooks):
+    """Buy 250 tokens ($10) with the emulator's TOKENS20 code: $8 paid, 250 granted, $2 kept
+    as the discount — by the webhook, or by the success page when no webhook arrives."""
+    from tests.webapp.test_checkout import CARD, bought_and_paid
+
+    card = {**CARD, "promotion_code": "TOKENS20"}
+    with bought_and_paid(make_app, webhooks=webhooks, card=card, ALLOW_PROMOTION_CODES=True) as (
+        client,
+        actions,
+        session_id,
+    ):
+        page = client.get(f"/billing/success?session_id={session_id}")
+        user = actions.user_id(owner)
+    assert (
+        page.status_code == 200 and '<strong id="tokens-added">250</strong>' in page.data.decode()
+    )
+    assert balance_of(owner, user) == 250
+    row = owner.execute("select * from api.purchases where user_id = %s", [user]).fetchone()
+    assert (row["amount_cents"], row["subtotal_cents"], row["discount_cents"]) == (800, 1000, 200)
+    assert row["promotion_code"] == "promo_emulator_tokens20"
+    assert row["tokens_granted"] == 250

@@ -56,3 +56,11 @@ AUTHENTICATION_FAILED = {
     "message": "We are unable to authenticate your payment method. Please choose a different "
     "payment method and try again.",
 }
+
+
+# The one promotion code the emulator knows (on sessions created with allow_promotion_codes):
+# 20 % off, as a Stripe coupon and customer-facing code would be.
+PROMOTION_CODE = "TOKENS20"
+PROMOTION_CODE_ID = "promo_emulator_tokens20"
+COUPON_ID = "coupon_emulator_20_off"
+PERCENT_OFF = 20

@@ -208,6 +208,8 @@ class Sessions(Events):
             "receipt_email": pi_data.get("receipt_email"),
             "setup_future_usage": pi_data.get("setup_future_usage"),
         }
+        session["allow_promotion_codes"] = params.get("allow_promotion_codes") == "true"
+        session["discounts"] = []
         return session
 
     def list_sessions(self, params: Obj) -> Obj:

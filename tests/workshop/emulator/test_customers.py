@@ -8,6 +8,7 @@ authentication (3155) with the 402s and events Stripe sends.
 from __future__ import annotations
 
 import pytest
+import requests
 import stripe
 
 from tests.support.emulator import CARD, Receiver, create, pay
@@ -115,3 +116,20 @@ def test_a_card_needing_3d_secure_is_402_authentication_required(
     assert info.value.code == "authentication_required"
     assert info.value.json_body["error"]["payment_intent"]["id"].startswith("pi_")
     assert receiver.types() == ["payment_intent.payment_failed"]
+
+
+def test_the_promotion_code_lowers_the_total_before_the_intent_is_created(
+    client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    plain = create(client)
+    assert pay(plain, **CARD, promotion_code="TOKENS20").status_code == 400  # not allowed here
+
+    session = create(client, allow_promotion_codes=True)
+    assert "TOKENS20" in requests.get(session.url, timeout=10).text
+    assert pay(session, **CARD, promotion_code="NOPE").status_code == 400
+    assert pay(session, **CARD, promotion_code="tokens20").status_code == 303
+    completed = receiver.of_type("checkout.session.completed")[0].data.object
+    assert (completed.amount_subtotal, completed.amount_total) == (500, 400)
+    assert completed.total_details.amount_discount == 100
+    assert completed.discounts[0].promotion_code == "promo_emulator_tokens20"
+    assert receiver.of_type("payment_intent.succeeded")[0].data.object.amount == 400
