@@ -68,6 +68,30 @@ class CardFailure(ApiError):
         return body
 
 
+def card_payment_method(
+    pm_id: str, customer_id: str, card: Card, expiry: tuple[int, int], email: str, now: int
+) -> Obj:
+    """A saved card as GET /v1/payment_methods shows it."""
+    return {
+        "id": pm_id,
+        "object": "payment_method",
+        "billing_details": {"email": email},
+        "card": {
+            "brand": "visa",
+            "country": "US",
+            "exp_month": expiry[1],
+            "exp_year": expiry[0],
+            "funding": "credit",
+            "last4": card.number[-4:],
+        },
+        "created": now,
+        "customer": customer_id,
+        "livemode": False,
+        "metadata": {},
+        "type": "card",
+    }
+
+
 class Customers(Payments):
     """Customers and their saved cards; off-session charges of those cards."""
 
@@ -94,24 +118,9 @@ class Customers(Payments):
         self, customer_id: str, pm_id: str, card: Card, expiry: tuple[int, int], email: str
     ) -> None:
         """Attach the card just paid with to the customer (setup_future_usage=off_session)."""
-        self.payment_methods[pm_id] = {
-            "id": pm_id,
-            "object": "payment_method",
-            "billing_details": {"email": email},
-            "card": {
-                "brand": "visa",
-                "country": "US",
-                "exp_month": expiry[1],
-                "exp_year": expiry[0],
-                "funding": "credit",
-                "last4": card.number[-4:],
-            },
-            "created": self.now(),
-            "customer": customer_id,
-            "livemode": False,
-            "metadata": {},
-            "type": "card",
-        }
+        self.payment_methods[pm_id] = card_payment_method(
+            pm_id, customer_id, card, expiry, email, self.now()
+        )
         self.saved_cards[pm_id] = (email, card, expiry)
 
     def list_payment_methods(self, params: Obj) -> Obj:

@@ -10,12 +10,9 @@ from workshop.emulator.cards import (
     AUTHENTICATE,
     AUTHENTICATION_FAILED,
     CARDS,
-    COUPON_ID,
     DECLINED,
-    PERCENT_OFF,
-    PROMOTION_CODE,
-    PROMOTION_CODE_ID,
     Card,
+    apply_promotion_code,
 )
 from workshop.emulator.config import (
     PayOutcome,
@@ -52,8 +49,7 @@ class Payments(Sessions):
         if not re.fullmatch(r"\d{3,4}", form.get("cvc", "").strip()):
             return PayOutcome("invalid", "Your card's security code is incomplete.")
 
-        code = form.get("promotion_code", "").strip().upper()
-        if code and not self._apply_promotion_code(session, code):
+        if not apply_promotion_code(session, form.get("promotion_code", "")):
             return PayOutcome("invalid", "This code is invalid.")
         pi = self._payment_intent_for(session, email)
         pi["payment_method"] = new_id("pm")
@@ -148,19 +144,6 @@ class Payments(Sessions):
         ]
         redirect_url = session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"])
         return PayOutcome("paid", redirect_url=redirect_url, events=events)
-
-    def _apply_promotion_code(self, session: Obj, code: str) -> bool:
-        """Lower the session's total by the emulator's promotion code, before any payment
-        attempt (the PaymentIntent is created for the discounted total, as on Stripe)."""
-        if code != PROMOTION_CODE or not session.get("allow_promotion_codes"):
-            return False
-        if session["payment_intent"] or session["discounts"]:
-            return bool(session["discounts"])  # already applied, or too late to change
-        discount = session["amount_subtotal"] * PERCENT_OFF // 100
-        session["amount_total"] = session["amount_subtotal"] - discount
-        session["total_details"] = {**session["total_details"], "amount_discount": discount}
-        session["discounts"] = [{"coupon": COUPON_ID, "promotion_code": PROMOTION_CODE_ID}]
-        return True
 
     def _payment_intent_for(self, session: Obj, email: str) -> Obj:
         """Return the session's PaymentIntent, creating it on the first attempt."""

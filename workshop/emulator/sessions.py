@@ -30,6 +30,16 @@ from workshop.emulator.wire import (
 )
 
 
+def _customer(customers: dict[str, Obj], params: Obj) -> tuple[str | None, str | None]:
+    """The session's ``customer`` (which must exist) and its email, the buyer's."""
+    if "customer" not in params:
+        return None, None
+    customer = _as_str(params["customer"], "customer")
+    if customer not in customers:
+        raise _not_found("customer", customer, "customer")
+    return customer, customers[customer]["email"]
+
+
 class Sessions(Events):
     """Checkout Sessions and their line items, with Stripe's validation."""
 
@@ -151,13 +161,7 @@ class Sessions(Events):
                 f"The Checkout Session's total amount due must add up to at least "
                 f"{format_amount(50, currency)} {currency}",
             )
-        email = None
-        customer = None
-        if "customer" in params:
-            customer = _as_str(params["customer"], "customer")
-            if customer not in self.customers:
-                raise _not_found("customer", customer, "customer")
-            email = self.customers[customer]["email"]
+        customer, email = _customer(self.customers, params)
         if "customer_email" in params:
             email = _as_str(params["customer_email"], "customer_email", 512)
             if not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
