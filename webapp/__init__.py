@@ -67,6 +67,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         agent,
         api_keys,
         auth,
+        autotopup,
         billing,
         cli,
         health,
@@ -76,7 +77,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         webhooks,
     )
 
-    blueprints = (health, auth, billing, webhooks, agent, history, account, api_keys, admin)
+    blueprints = (
+        health,
+        auth,
+        billing,
+        webhooks,
+        agent,
+        history,
+        account,
+        autotopup,
+        api_keys,
+        admin,
+    )
     for module in (*blueprints, metrics):
         app.register_blueprint(module.bp)
     metrics.init_app(app)

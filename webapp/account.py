@@ -15,6 +15,7 @@ from flask import (
 from flask_login import current_user, login_required
 
 from .auth import MIN_PASSWORD, check_password, hasher
+from .autotopup import settings_context
 from .db import get_db
 from .extensions import limiter
 
@@ -24,7 +25,7 @@ bp = Blueprint("account", __name__, url_prefix="/account")
 @bp.get("/settings")
 @login_required
 def settings():
-    return render_template("account/settings.html")
+    return render_template("account/settings.html", **settings_context())
 
 
 @bp.post("/settings")
@@ -34,7 +35,7 @@ def save_settings():
     raw = request.form.get("low_balance_threshold", "").strip()
     if not raw.isdigit() or int(raw) > 1_000_000:
         flash("The alert threshold must be a whole number from 0 to 1000000.", "error")
-        return render_template("account/settings.html"), 400
+        return render_template("account/settings.html", **settings_context()), 400
     get_db().fetch_one("select api.set_low_balance_threshold(%s, %s)", [current_user.id, int(raw)])
     flash(
         f"Saved: we warn you when your balance drops below {int(raw)} tokens."
@@ -68,10 +69,10 @@ def change_password():
     row = get_db().fetch_one("select * from api.user_credentials(%s)", [current_user.email])
     if not check_password(row["password_hash"] if row else None, current):
         flash("The current password is not correct.", "error")
-        return render_template("account/settings.html"), 400
+        return render_template("account/settings.html", **settings_context()), 400
     if len(new) < MIN_PASSWORD:
         flash(f"Password must be at least {MIN_PASSWORD} characters.", "error")
-        return render_template("account/settings.html"), 400
+        return render_template("account/settings.html", **settings_context()), 400
     ended = get_db().fetch_one(
         "select api.change_password(%s, %s) as ended", [current_user.session_hash, hasher.hash(new)]
     )["ended"]  # type: ignore[index]

@@ -111,7 +111,8 @@ def _render_user(user: dict[str, Any], status: int = 200, **form: Any):
     entries, more = ledger_page(user["id"], before, PAGE_SIZE)
     purchases = get_db().fetch_all(
         "select created_at, package_code, amount_cents, currency, tokens_granted,"
-        " display_status, reason, payment_intent_id from api.purchases where user_id = %s"
+        " display_status, reason, payment_intent_id, discount_cents, promotion_code, tax_cents"
+        " from api.purchases where user_id = %s"
         " order by created_at desc limit 50",
         [user["id"]],
     )

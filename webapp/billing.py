@@ -27,10 +27,17 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
+from .config import customers_enabled
 from .db import Row, get_db, get_webhook_db
 from .errors import error_response
 from .extensions import limiter
-from .stripe_gateway import fulfil_session, get_client, grant_verdict, retrieve_session
+from .stripe_gateway import (
+    ensure_customer,
+    fulfil_session,
+    get_client,
+    grant_verdict,
+    retrieve_session,
+)
 from .users import load_user
 
 bp = Blueprint("billing", __name__, url_prefix="/billing")
@@ -63,13 +70,15 @@ def active_package(code: str) -> Row | None:
     )
 
 
-def idempotency_key(user_id: Any, package: str, nonce: str) -> str:
+def idempotency_key(user_id: Any, package: str, nonce: str, save_card: bool = False) -> str:
     """One key per (user, package, rendered form): a double submit reuses the first session.
 
     The nonce is minted each time the buy page renders (no-store), so a later deliberate
     purchase gets a fresh key while a double click or a resubmitted request does not.
     """
-    digest = hashlib.sha256(f"{user_id}:{package}:{nonce}".encode()).hexdigest()
+    # The card choice changes the request: Stripe refuses one key for two different requests.
+    suffix = ":save-card" if save_card else ""
+    digest = hashlib.sha256(f"{user_id}:{package}:{nonce}{suffix}".encode()).hexdigest()
     return f"tokenbill-checkout-{digest[:40]}"
 
 
@@ -77,8 +86,16 @@ def base_url() -> str:
     return current_app.config.get("PUBLIC_BASE_URL") or request.host_url.rstrip("/")
 
 
-def session_params(package: Row, user_id: str, email: str) -> dict[str, Any]:
-    """Checkout Session parameters, from the server's package row only."""
+def session_params(
+    package: Row, user_id: str, customer_id: str | None, email: str, *, save_card: bool = False
+) -> dict[str, Any]:
+    """Checkout Session parameters, from the server's package row and settings only.
+
+    ``customer``: the account's one Stripe Customer, so receipts, saved cards and invoices
+    belong together (None only where STRIPE_CUSTOMERS is off: the bundled emulator has no
+    Customers yet, so the session names the buyer's email). ``save_card``: the buyer opted in
+    to keep the card for auto top-up.
+    """
     metadata = {"user_id": user_id, "package": package["code"], "tokens": str(package["tokens"])}
     if package["stripe_price_id"]:
         line_item: dict[str, Any] = {"price": package["stripe_price_id"], "quantity": 1}
@@ -91,18 +108,37 @@ def session_params(package: Row, user_id: str, email: str) -> dict[str, Any]:
             },
             "quantity": 1,
         }
+    # "source": a Checkout PaymentIntent whose amount a discount or tax changed waits for the
+    # session's event, which carries the subtotal the database checks (0019).
+    intent_data: dict[str, Any] = {"metadata": {**metadata, "source": "checkout"}}
+    if save_card and customer_id:
+        intent_data["setup_future_usage"] = "off_session"
     base = base_url()
-    return {
+    config = current_app.config
+    params: dict[str, Any] = {
         "mode": "payment",
         "line_items": [line_item],
         "client_reference_id": user_id,
-        "customer_email": email,
         "metadata": metadata,
-        "payment_intent_data": {"metadata": dict(metadata)},
+        "payment_intent_data": intent_data,
         # Stripe substitutes {CHECKOUT_SESSION_ID}; it must stay unescaped.
         "success_url": f"{base}{url_for('billing.success')}?session_id={{CHECKOUT_SESSION_ID}}",
         "cancel_url": f"{base}{url_for('billing.cancel', package=package['code'])}",
     }
+    if customer_id:
+        params["customer"] = customer_id
+    else:
+        params["customer_email"] = email
+    if config.get("INVOICE_CREATION"):
+        params["invoice_creation"] = {"enabled": True}
+    if config.get("ALLOW_PROMOTION_CODES"):
+        params["allow_promotion_codes"] = True
+    if config.get("AUTOMATIC_TAX"):
+        params["automatic_tax"] = {"enabled": True}
+        # Stripe needs the buyer's address for tax; Checkout collects it onto the Customer.
+        params["customer_update"] = {"address": "auto"}
+        params["billing_address_collection"] = "required"
+    return params
 
 
 def stripe_failure(action: str, exc: stripe.StripeError) -> tuple[str, int]:
@@ -155,10 +191,20 @@ def checkout():
         return error_response(400, "This form has expired: reload the page and choose again.")
 
     user_id = str(current_user.id)
+    save_card = request.form.get("save_card") == "on"
     try:
-        session = get_client().v1.checkout.sessions.create(
-            params=session_params(package, user_id, current_user.email),  # type: ignore[arg-type]
-            options={"idempotency_key": idempotency_key(user_id, code, nonce)},
+        client = get_client()
+        customer_id = (
+            ensure_customer(get_db(), client, user_id, current_user.email)
+            if customers_enabled(current_app.config)
+            else None
+        )
+        params = session_params(
+            package, user_id, customer_id, current_user.email, save_card=save_card
+        )
+        session = client.v1.checkout.sessions.create(
+            params=params,  # type: ignore[arg-type]
+            options={"idempotency_key": idempotency_key(user_id, code, nonce, save_card)},
         )
     except stripe.StripeError as exc:
         return stripe_failure("creating a checkout session", exc)

@@ -1,7 +1,7 @@
 """Operator commands: ``flask --app webapp <command>`` (``flask --app webapp --help`` lists them).
 
-create-admin and expire-agent-requests are here; migrate, reconcile, notify-alerts, db-logins
-and audit live in webapp/ops/ and are registered below.
+create-admin and expire-agent-requests are here; migrate, reconcile, notify-alerts, db-logins,
+audit and auto-topup live in webapp/ops/ and are registered below.
 
 Making an admin is deliberately not something the web role can do (api.set_admin is not
 granted to tokenbill_app), so these commands connect with the operator's own login:
@@ -15,7 +15,7 @@ from flask import Flask
 from flask.cli import with_appcontext
 
 from .auth import MIN_PASSWORD, hasher
-from .ops import audit, db_logins, migrate, notify_alerts, reconcile
+from .ops import audit, auto_topup, db_logins, migrate, notify_alerts, reconcile
 from .ops.connection import operator_connection
 
 
@@ -58,5 +58,5 @@ def expire_agent_requests() -> None:
 def init_app(app: Flask) -> None:
     for command in (create_admin, expire_agent_requests):
         app.cli.add_command(command)
-    for module in (migrate, reconcile, notify_alerts, db_logins, audit):
+    for module in (migrate, reconcile, notify_alerts, db_logins, audit, auto_topup):
         app.cli.add_command(module.command)

@@ -74,6 +74,15 @@ def from_env() -> dict[str, Any]:
         # Stripe waits ~20 s for an answer: better to fail fast with 500 and let it retry.
         "WEBHOOK_DB_TIMEOUT_SECONDS": float(os.environ.get("WEBHOOK_DB_TIMEOUT_SECONDS") or 10),
         "PAYMENTS_SIMULATED": _flag("PAYMENTS_SIMULATED", default=False),
+        # Checkout options (docs/stripe.md): an invoice for every purchase, promotion codes,
+        # Stripe Tax (needs tax settings in the dashboard first).
+        # One Stripe Customer per account (saved cards, auto top-up); unset: see customers_enabled.
+        "STRIPE_CUSTOMERS": (
+            _flag("STRIPE_CUSTOMERS") if os.environ.get("STRIPE_CUSTOMERS", "") != "" else None
+        ),
+        "INVOICE_CREATION": _flag("INVOICE_CREATION", default=True),
+        "ALLOW_PROMOTION_CODES": _flag("ALLOW_PROMOTION_CODES", default=False),
+        "AUTOMATIC_TAX": _flag("AUTOMATIC_TAX", default=False),
         "PUBLIC_BASE_URL": os.environ.get("PUBLIC_BASE_URL", "").rstrip("/"),
         # prices live in the database (tokenbill.prices); these bound what one call may cost us
         "AGENT_MAX_TOKENS": _int("AGENT_MAX_TOKENS", 1024),
@@ -158,6 +167,13 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
             raise ConfigError("a live Stripe key must not be sent to STRIPE_API_BASE")
         if config.get("PAYMENTS_SIMULATED"):
             raise ConfigError("a live Stripe key cannot be used with PAYMENTS_SIMULATED")
+
+
+def customers_enabled(config: Mapping[str, Any]) -> bool:
+    """STRIPE_CUSTOMERS, on unless set to 0 (then Checkout Sessions name the buyer's email and
+    no card can be saved for auto top-up). The emulator knows Customers too."""
+    explicit = config.get("STRIPE_CUSTOMERS")
+    return True if explicit is None else bool(explicit)
 
 
 def stripe_livemode(config: Mapping[str, Any]) -> bool | None:

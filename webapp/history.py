@@ -100,7 +100,8 @@ def index():
     purchases, more_purchases = paginate(
         "select p.created_at, p.package_code, k.name as package_name, p.amount_cents,"
         " p.currency, p.tokens_granted, p.tokens_clawed, p.refunded_cents, p.receipt_url,"
-        " p.display_status, p.reason from api.purchases p"
+        " p.display_status, p.reason, p.discount_cents, p.tax_cents, p.invoice_url,"
+        " p.invoice_pdf_url from api.purchases p"
         " left join api.packages k on k.code = p.package_code"
         " where p.user_id = %s order by p.created_at desc, p.id desc",
         [current_user.id],

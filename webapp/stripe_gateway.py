@@ -18,11 +18,18 @@ import psycopg
 import stripe
 from flask import current_app
 
+from .db import Database
+
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "tokenbill_stripe"
-SESSION_EXPAND = ["payment_intent.latest_charge"]
-SESSION_EXPAND_FALLBACK = ["payment_intent"]
+# Richest first: the charge (receipt) and the invoice (links); some API versions and fakes
+# refuse a nested or an unknown expansion, and both links are optional.
+SESSION_EXPANDS = (
+    ["payment_intent.latest_charge", "invoice"],
+    ["payment_intent.latest_charge"],
+    ["payment_intent"],
+)
 
 
 def client_from_config(config: Mapping[str, Any]) -> stripe.StripeClient:
@@ -45,6 +52,53 @@ def get_client() -> stripe.StripeClient:
     return client
 
 
+def customer_idempotency_key(user_id: UUID | str) -> str:
+    """One key per account: a retried or concurrent creation returns the same Customer."""
+    return f"tokenbill-customer-{user_id}"
+
+
+def customer_of(db: Database, user_id: UUID | str) -> str | None:
+    """The account's recorded Stripe Customer id, if it has one."""
+    row = db.fetch_one(
+        "select customer_id from api.stripe_customers where user_id = %s", [str(user_id)]
+    )
+    return row["customer_id"] if row else None
+
+
+def ensure_customer(
+    db: Database, client: stripe.StripeClient, user_id: UUID | str, email: str
+) -> str:
+    """The account's Stripe Customer id, creating (once) and recording it on first use.
+
+    No connection is held during the Stripe call; api.record_stripe_customer keeps the first
+    id recorded, and the idempotency key makes a concurrent creation return the same Customer.
+    """
+    known = customer_of(db, user_id)
+    if known:
+        return known
+    customer = client.v1.customers.create(
+        params={"email": email, "metadata": {"user_id": str(user_id)}},
+        options={"idempotency_key": customer_idempotency_key(user_id)},
+    )
+    recorded = db.fetch_one(
+        "select api.record_stripe_customer(%s, %s) as id", [str(user_id), customer.id]
+    )
+    return recorded["id"]  # type: ignore[index]
+
+
+def saved_card(client: stripe.StripeClient, customer_id: str) -> Any | None:
+    """The customer's most recently saved card (Stripe lists newest first), if any."""
+    cards = client.v1.payment_methods.list(params={"customer": customer_id, "type": "card"})
+    return cards.data[0] if cards.data else None
+
+
+def action_url(intent: Any) -> str | None:
+    """The bank's page a requires_action PaymentIntent redirects to (3-D Secure), if any."""
+    action = intent.to_dict().get("next_action") or {}
+    url = (action.get("redirect_to_url") or {}).get("url")
+    return url if isinstance(url, str) and url.startswith("https://") else None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else str(value)
@@ -60,18 +114,17 @@ def to_json(obj: stripe.StripeObject) -> str:
 
 
 def retrieve_session(client: stripe.StripeClient, session_id: str) -> str:
-    """Fetch a Checkout Session with its PaymentIntent (and charge, for the receipt) as JSON."""
-    try:
-        session = client.v1.checkout.sessions.retrieve(
-            session_id, params={"expand": SESSION_EXPAND}
-        )
-    except stripe.InvalidRequestError as exc:
-        # Some API versions/fakes refuse the nested expand; the receipt link is optional.
-        log.info("expand %s refused (%s); retrying without the charge", SESSION_EXPAND, exc.code)
-        session = client.v1.checkout.sessions.retrieve(
-            session_id, params={"expand": SESSION_EXPAND_FALLBACK}
-        )
-    return to_json(session)
+    """Fetch a Checkout Session with its PaymentIntent (and charge and invoice, for the
+    receipt and invoice links) as JSON."""
+    *richer, last = SESSION_EXPANDS
+    for expand in richer:
+        try:
+            return to_json(
+                client.v1.checkout.sessions.retrieve(session_id, params={"expand": expand})
+            )
+        except stripe.InvalidRequestError as exc:
+            log.info("expand %s refused (%s); retrying with less", expand, exc.code)
+    return to_json(client.v1.checkout.sessions.retrieve(session_id, params={"expand": last}))
 
 
 def fulfil_session(

@@ -24,6 +24,8 @@ insert into allowed values
     ('tokenbill_app', 'record_agent_delivery'), ('tokenbill_app', 'settle_agent_request'),
     ('tokenbill_app', 'expire_agent_holds'), ('tokenbill_app', 'set_low_balance_threshold'),
     ('tokenbill_app', 'acknowledge_low_balance_alerts'), ('tokenbill_app', 'billing_metrics'),
+    -- 0019: the account's Stripe Customer and auto top-up settings
+    ('tokenbill_app', 'record_stripe_customer'), ('tokenbill_app', 'set_auto_topup'),
     -- the only role that applies Stripe objects
     ('tokenbill_webhook', 'handle_stripe_event'), ('tokenbill_webhook', 'record_stripe_event_failure'),
     ('tokenbill_webhook', 'fulfil_checkout_session'),
@@ -31,7 +33,9 @@ insert into allowed values
     ('tokenbill_admin', 'admin_adjust_balance'), ('tokenbill_admin', 'ledger_audit'),
     ('tokenbill_admin', 'daily_stats'),
     ('tokenbill_notifier', 'claim_alert_notifications'),
-    ('tokenbill_notifier', 'finish_alert_notification');
+    ('tokenbill_notifier', 'finish_alert_notification'),
+    -- 0019: the auto top-up worker (flask auto-topup) claims and finishes; it cannot grant
+    ('tokenbill_notifier', 'claim_auto_topup'), ('tokenbill_notifier', 'finish_auto_topup');
 
 -- granted to nobody: internals other definer functions call, and operator tools
 create temp table owner_only (fn name);

@@ -4,9 +4,10 @@ stripe-mock validates requests but answers with fixed fixtures (no metadata, one
 so tests cannot see what we sent from its answers. Pointing STRIPE_API_BASE at this proxy
 records every request (method, path, headers, form body) and forwards it unchanged.
 
-``unique_checkout_ids=True`` gives each created Checkout Session its own id (stripe-mock always
-answers the same one): real Stripe ids are unique, and api.record_checkout_session refuses a
-session id already recorded for another user. Like Stripe, a repeated Idempotency-Key gets the
+``unique_checkout_ids=True`` gives each created Checkout Session, Customer and PaymentIntent
+its own id (stripe-mock always answers the same one): real Stripe ids are unique, and
+api.record_checkout_session / api.record_stripe_customer refuse an id recorded for another
+user. Like Stripe, a repeated Idempotency-Key gets the
 id of its first answer. stripe-mock echoes the id on retrieve.
 """
 
@@ -23,6 +24,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 from workshop.net import ServerThread
 
+FRESH_ID_PREFIXES = {
+    "/v1/checkout/sessions": "cs_test_",
+    "/v1/customers": "cus_test_",
+    "/v1/payment_intents": "pi_test_",
+}
 HOP_BY_HOP = {"host", "content-length", "connection", "accept-encoding", "transfer-encoding"}
 
 
@@ -94,16 +100,12 @@ class RecordingProxy:
     def _rewrite(
         self, method: str, path: str, status: int, body: bytes, idempotency_key: str | None
     ) -> bytes:
-        if not (
-            self.unique_checkout_ids
-            and method == "POST"
-            and path.split("?")[0] == "/v1/checkout/sessions"
-            and status == 200
-        ):
+        prefix = FRESH_ID_PREFIXES.get(path.split("?")[0])
+        if not (self.unique_checkout_ids and method == "POST" and prefix and status == 200):
             return body
         data = json.loads(body)
         with self._lock:
-            fresh = f"cs_test_{uuid.uuid4().hex}"
+            fresh = f"{prefix}{uuid.uuid4().hex}"
             data["id"] = (
                 self._ids_by_key.setdefault(idempotency_key, fresh) if idempotency_key else fresh
             )

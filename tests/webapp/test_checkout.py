@@ -94,7 +94,8 @@ def test_checkout_sends_the_package_terms_and_records_the_session(buyer, proxy, 
     assert form["line_items[0][price_data][product_data][name]"].startswith("Standard")
     assert form["line_items[0][quantity]"] == "1"
     assert form["client_reference_id"] == str(user_id)
-    assert form["customer_email"] == actions.email
+    assert form["customer"].startswith("cus_test_")
+    assert "customer_email" not in form  # Stripe takes one of customer / customer_email
     for prefix in ("metadata", "payment_intent_data[metadata]"):
         assert form[f"{prefix}[user_id]"] == str(user_id)
         assert form[f"{prefix}[package]"] == "tokens_250"
@@ -329,11 +330,13 @@ def assert_granted_once(owner, user) -> None:
 
 
 @contextmanager
-def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActions, str]]:
+def bought_and_paid(
+    make_app, *, webhooks: bool, card: dict[str, str] = CARD, **config: Any
+) -> Iterator[tuple[Any, AuthActions, str]]:
     """Checkout through our view, pay on the emulator's page; yields (client, auth, session)."""
     from workshop.emulator import EmulatorConfig, EmulatorServer
 
-    app = make_app()
+    app = make_app(**config)
     with serve(app) as shop_url:
         config = EmulatorConfig(
             webhook_url=f"{shop_url}/api/webhook/stripe" if webhooks else None,
@@ -351,7 +354,7 @@ def bought_and_paid(make_app, *, webhooks: bool) -> Iterator[tuple[Any, AuthActi
             )
             assert to_stripe.status_code == 303
             paid = requests.post(
-                to_stripe.headers["Location"], data=CARD, allow_redirects=False, timeout=30
+                to_stripe.headers["Location"], data=card, allow_redirects=False, timeout=30
             )
             assert paid.status_code == 303
             back = urlsplit(paid.headers["Location"])

@@ -121,6 +121,7 @@ def api_view(idempotent: bool = False) -> Callable[[Handler], Callable[..., Resp
                         events.extend(new_events)
                     except ApiError as exc:
                         status, body = exc.status, exc.body()
+                        events.extend(getattr(exc, "events", []))  # a decline's events
                     if key:
                         emu.idempotency[(api_key, key)] = (fingerprint, status, body)
             emu.deliver(events)
@@ -202,3 +203,30 @@ def list_events(emu: Emulator, params: Obj, info: RequestInfo) -> tuple[Obj, lis
 def create_refund(emu: Emulator, params: Obj, info: RequestInfo) -> tuple[Obj, list[Obj]]:
     refund, events = emu.refund(params, info)
     return emu.render(refund, _expand_paths(params)), events
+
+
+@bp.post("/v1/customers")
+@api_view(idempotent=True)
+def create_customer(emu: Emulator, params: Obj, info: RequestInfo) -> tuple[Obj, list[Obj]]:
+    return emu.create_customer(params), []
+
+
+@bp.get("/v1/payment_methods")
+@api_view()
+def list_payment_methods(emu: Emulator, params: Obj, info: RequestInfo) -> tuple[Obj, list[Obj]]:
+    return emu.list_payment_methods(params), []
+
+
+@bp.post("/v1/payment_methods/<pm_id>/detach")
+@api_view(idempotent=True)
+def detach_payment_method(
+    emu: Emulator, params: Obj, info: RequestInfo, pm_id: str
+) -> tuple[Obj, list[Obj]]:
+    return emu.detach(pm_id), []
+
+
+@bp.post("/v1/payment_intents")
+@api_view(idempotent=True)
+def create_payment_intent(emu: Emulator, params: Obj, info: RequestInfo) -> tuple[Obj, list[Obj]]:
+    intent, events = emu.create_intent(params, info)
+    return emu.render(intent, _expand_paths(params)), events

@@ -56,3 +56,29 @@ AUTHENTICATION_FAILED = {
     "message": "We are unable to authenticate your payment method. Please choose a different "
     "payment method and try again.",
 }
+
+
+# The one promotion code the emulator knows (on sessions created with allow_promotion_codes):
+# 20 % off, as a Stripe coupon and customer-facing code would be.
+PROMOTION_CODE = "TOKENS20"
+PROMOTION_CODE_ID = "promo_emulator_tokens20"
+COUPON_ID = "coupon_emulator_20_off"
+PERCENT_OFF = 20
+
+
+def apply_promotion_code(session: dict, code: str) -> bool:
+    """Lower an open session's total by the emulator's promotion code before any payment
+    attempt (the PaymentIntent is then created for the discounted total, as on Stripe).
+    True when there is nothing to apply or it applied; False for a code the session refuses."""
+    code = code.strip().upper()
+    if not code:
+        return True
+    if code != PROMOTION_CODE or not session.get("allow_promotion_codes"):
+        return False
+    if session["payment_intent"] or session["discounts"]:
+        return bool(session["discounts"])  # already applied, or too late to change
+    discount = session["amount_subtotal"] * PERCENT_OFF // 100
+    session["amount_total"] = session["amount_subtotal"] - discount
+    session["total_details"] = {**session["total_details"], "amount_discount": discount}
+    session["discounts"] = [{"coupon": COUPON_ID, "promotion_code": PROMOTION_CODE_ID}]
+    return True

@@ -6,7 +6,14 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 
-from workshop.emulator.cards import AUTHENTICATE, AUTHENTICATION_FAILED, CARDS, DECLINED, Card
+from workshop.emulator.cards import (
+    AUTHENTICATE,
+    AUTHENTICATION_FAILED,
+    CARDS,
+    DECLINED,
+    Card,
+    apply_promotion_code,
+)
 from workshop.emulator.config import (
     PayOutcome,
 )
@@ -42,6 +49,8 @@ class Payments(Sessions):
         if not re.fullmatch(r"\d{3,4}", form.get("cvc", "").strip()):
             return PayOutcome("invalid", "Your card's security code is incomplete.")
 
+        if not apply_promotion_code(session, form.get("promotion_code", "")):
+            return PayOutcome("invalid", "This code is invalid.")
         pi = self._payment_intent_for(session, email)
         pi["payment_method"] = new_id("pm")
         self.challenges.pop(pi["id"], None)  # a new card replaces a pending challenge
@@ -113,6 +122,8 @@ class Payments(Sessions):
     ) -> PayOutcome:
         """Charge the card, complete the session; the events Stripe sends for a paid Checkout."""
         charge = self._charge(pi, email, expiry, card)
+        if pi.get("setup_future_usage") == "off_session" and pi["customer"]:
+            self.save_card(pi["customer"], pi["payment_method"], card, expiry, email)  # type: ignore[attr-defined]
         pi.update(
             status="succeeded",
             amount_received=pi["amount"],
@@ -149,7 +160,7 @@ class Payments(Sessions):
             "confirmation_method": "automatic",
             "created": self.now(),
             "currency": session["currency"],
-            "customer": None,
+            "customer": session["customer"],
             "description": data["description"],
             "last_payment_error": None,
             "latest_charge": None,
@@ -159,6 +170,7 @@ class Payments(Sessions):
             "payment_method": None,
             "payment_method_types": ["card"],
             "receipt_email": data["receipt_email"] or email,
+            "setup_future_usage": data.get("setup_future_usage"),
             "status": "requires_payment_method",
         }
         self.payment_intents[pi["id"]] = pi

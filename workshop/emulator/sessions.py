@@ -24,9 +24,20 @@ from workshop.emulator.wire import (
     _invalid,
     _metadata,
     _missing,
+    _not_found,
     format_amount,
     new_id,
 )
+
+
+def _customer(customers: dict[str, Obj], params: Obj) -> tuple[str | None, str | None]:
+    """The session's ``customer`` (which must exist) and its email, the buyer's."""
+    if "customer" not in params:
+        return None, None
+    customer = _as_str(params["customer"], "customer")
+    if customer not in customers:
+        raise _not_found("customer", customer, "customer")
+    return customer, customers[customer]["email"]
 
 
 class Sessions(Events):
@@ -150,7 +161,7 @@ class Sessions(Events):
                 f"The Checkout Session's total amount due must add up to at least "
                 f"{format_amount(50, currency)} {currency}",
             )
-        email = None
+        customer, email = _customer(self.customers, params)
         if "customer_email" in params:
             email = _as_str(params["customer_email"], "customer_email", 512)
             if not re.fullmatch(r"[^@\s]+@[^@\s]+", email):
@@ -176,7 +187,7 @@ class Sessions(Events):
             "client_reference_id": reference,
             "created": now,
             "currency": currency,
-            "customer": None,
+            "customer": customer,
             "customer_details": None,
             "customer_email": email,
             "expires_at": expires_at,
@@ -199,7 +210,10 @@ class Sessions(Events):
             "metadata": pi_metadata,
             "description": pi_data.get("description"),
             "receipt_email": pi_data.get("receipt_email"),
+            "setup_future_usage": pi_data.get("setup_future_usage"),
         }
+        session["allow_promotion_codes"] = params.get("allow_promotion_codes") == "true"
+        session["discounts"] = []
         return session
 
     def list_sessions(self, params: Obj) -> Obj:

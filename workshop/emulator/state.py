@@ -5,7 +5,7 @@ from __future__ import annotations
 from workshop.emulator.config import (
     RequestInfo,
 )
-from workshop.emulator.payments import Payments
+from workshop.emulator.customers import Customers
 from workshop.emulator.wire import (
     ApiError,
     Obj,
@@ -18,11 +18,11 @@ from workshop.emulator.wire import (
 )
 
 
-class Emulator(Payments):
+class Emulator(Customers):
     """In-memory Stripe state. Callers hold ``lock`` around every method except ``deliver``.
 
-    Built in layers by concern: Store (objects), Events (webhooks), Sessions, Payments, and
-    refunds here."""
+    Built in layers by concern: Store (objects), Events (webhooks), Sessions, Payments,
+    Customers (saved cards, off-session charges), and refunds here."""
 
     def refund(self, params: Obj, info: RequestInfo) -> tuple[Obj, list[Obj]]:
         """Refund all or part of a succeeded charge; emit charge.refunded."""

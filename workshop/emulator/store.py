@@ -38,6 +38,10 @@ class Store:
         self.payment_intents: dict[str, Obj] = {}
         self.charges: dict[str, Obj] = {}
         self.refunds: dict[str, Obj] = {}
+        self.customers: dict[str, Obj] = {}
+        self.payment_methods: dict[str, Obj] = {}
+        # saved PaymentMethod id -> the card behind it (email, card, expiry), for off-session
+        self.saved_cards: dict[str, tuple[str, Card, tuple[int, int]]] = {}
         self.events: dict[str, Obj] = {}
         self.idempotency: dict[tuple[str, str], tuple[str, int, Obj]] = {}
         self.deliveries: list[Delivery] = []
@@ -56,6 +60,8 @@ class Store:
             ("pi_", "payment_intent", self.payment_intents),
             ("ch_", "charge", self.charges),
             ("re_", "refund", self.refunds),
+            ("cus_", "customer", self.customers),
+            ("pm_", "payment_method", self.payment_methods),
             ("evt_", "event", self.events),
         ):
             if object_id.startswith(prefix):

@@ -137,7 +137,7 @@ def test_unknown_session_is_a_stripe_404(
 
 
 def test_unknown_route_is_a_stripe_404(emulator: EmulatorServer) -> None:
-    raw = requests.get(f"{emulator.url}/v1/customers", auth=("sk_test_x", ""), timeout=10)
+    raw = requests.get(f"{emulator.url}/v1/subscriptions", auth=("sk_test_x", ""), timeout=10)
     assert raw.status_code == 404
     assert raw.json()["error"]["type"] == "invalid_request_error"
 
