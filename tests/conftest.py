@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
+from tests.support.recording_proxy import RecordingProxy
 from webapp.db import close_app, connect_as
 from webapp.ops import migrate
 
@@ -209,3 +210,17 @@ class AuthActions:
 @pytest.fixture
 def auth(client: FlaskClient) -> AuthActions:
     return AuthActions(client)
+
+
+@pytest.fixture
+def proxy(stripe_mock_url: str) -> Iterator[RecordingProxy]:
+    """stripe-mock behind a proxy that records every request the app sends to Stripe."""
+    with RecordingProxy(stripe_mock_url) as running:
+        yield running
+
+
+@pytest.fixture
+def ledger_stays_consistent(owner: psycopg.Connection) -> Iterator[None]:
+    """After the test, every balance still equals its ledger (use with pytestmark)."""
+    yield
+    assert audit(owner) == []

@@ -24,10 +24,13 @@ import pytest
 import requests
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import audit, balance_of
+from tests.conftest import balance_of
 from tests.support.agents import create_key, ledger_kinds, make_overdue, open_holds
 from tests.support.edge_functions import Served, postgres_url, serve_function
 from webapp.agent import request_hash
+
+pytestmark = pytest.mark.usefixtures("ledger_stays_consistent")
+
 
 FUNCTION = "agent-meter"
 
@@ -44,12 +47,6 @@ def settings(database_url: str, **overrides: str) -> dict[str, str]:
 def meter(database_url: str) -> Iterator[Served]:
     with serve_function(FUNCTION, **settings(database_url)) as served:
         yield served
-
-
-@pytest.fixture(autouse=True)
-def ledger_stays_consistent(owner) -> Iterator[None]:
-    yield
-    assert audit(owner) == []
 
 
 @pytest.fixture

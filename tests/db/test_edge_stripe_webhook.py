@@ -18,10 +18,13 @@ import pytest
 import requests
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import WEBHOOK_SECRET, audit, balance_of
+from tests.conftest import WEBHOOK_SECRET, balance_of
 from tests.support import stripe_events as ev
 from tests.support.edge_functions import Served, postgres_url, serve_function
 from tests.webapp.test_webhooks import event_row, grants_for, purchase
+
+pytestmark = pytest.mark.usefixtures("ledger_stays_consistent")
+
 
 FUNCTION = "stripe-webhook"
 # What the answer says for each refused delivery (the rest are signature failures).
@@ -45,12 +48,6 @@ def settings(database_url: str, **overrides: str) -> dict[str, str]:
 def webhook(database_url: str) -> Iterator[Served]:
     with serve_function(FUNCTION, **settings(database_url)) as served:
         yield served
-
-
-@pytest.fixture(autouse=True)
-def ledger_stays_consistent(owner) -> Iterator[None]:
-    yield
-    assert audit(owner) == []
 
 
 def post(url: str, body: bytes, header: str | None) -> requests.Response:

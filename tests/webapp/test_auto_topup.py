@@ -11,20 +11,7 @@ import pytest
 
 from tests.conftest import WEBHOOK_SECRET, AuthActions, balance_of, connect_as_role
 from tests.support import stripe_events as ev
-from tests.support.recording_proxy import RecordingProxy
-from tests.webapp.ops.test_auto_topup import queued
-
-
-@pytest.fixture
-def proxy(stripe_mock_url):
-    with RecordingProxy(stripe_mock_url) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def only_our_topups(owner):
-    """The outbox is shared by the test database: earlier tests' rows are not ours."""
-    owner.execute("update tokenbill.auto_topups set status = 'canceled' where status = 'pending'")
+from tests.support.auto_topup import only_our_topups, queued  # noqa: F401 (a fixture)
 
 
 # --------------------------------------------------------------------------------------------
@@ -37,6 +24,9 @@ def account(make_app, proxy, owner):
     actions = AuthActions(client)
     actions.register()
     return client, actions.user_id(owner)
+
+
+pytestmark = pytest.mark.usefixtures("only_our_topups")
 
 
 def with_customer(app_conn, user) -> str:

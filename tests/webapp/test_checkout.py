@@ -18,18 +18,11 @@ import requests
 import stripe
 
 from tests.conftest import WEBHOOK_SECRET, AuthActions, balance_of
-from tests.support.recording_proxy import RecordingProxy
 from tests.support.servers import serve
 from tests.support.stripe_events import checkout_session_object, new_id
 from webapp.stripe_gateway import fulfil_session, grant_verdict
 
 SESSIONS = "/v1/checkout/sessions"
-
-
-@pytest.fixture
-def proxy(stripe_mock_url: str) -> Iterator[RecordingProxy]:
-    with RecordingProxy(stripe_mock_url) as running:
-        yield running
 
 
 @pytest.fixture

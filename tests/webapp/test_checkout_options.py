@@ -6,19 +6,10 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from tests.conftest import AuthActions
-from tests.support.recording_proxy import RecordingProxy
 from tests.webapp.test_checkout import SESSIONS, form_nonce
 
 CUSTOMERS = "/v1/customers"
-
-
-@pytest.fixture
-def proxy(stripe_mock_url):
-    with RecordingProxy(stripe_mock_url) as running:
-        yield running
 
 
 def signed_in(app):

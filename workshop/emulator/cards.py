@@ -25,6 +25,16 @@ class Card:
     def spaced(self) -> str:
         return " ".join(self.number[i : i + 4] for i in range(0, len(self.number), 4))
 
+    def payment_error(self, charge_id: str) -> dict:
+        """A PaymentIntent's ``last_payment_error`` after this card declined ``charge_id``."""
+        return {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": self.decline_code,
+            "message": self.message,
+            "charge": charge_id,
+        }
+
 
 CARDS: dict[str, Card] = {
     card.number: card

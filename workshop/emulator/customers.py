@@ -206,13 +206,7 @@ class Customers(Payments):
         if card.result == DECLINED:
             pi.update(
                 latest_charge=charge["id"],
-                last_payment_error={
-                    "type": "card_error",
-                    "code": "card_declined",
-                    "decline_code": card.decline_code,
-                    "message": card.message,
-                    "charge": charge["id"],
-                },
+                last_payment_error=card.payment_error(charge["id"]),
             )
             events = [
                 self._event("charge.failed", charge, info),

@@ -60,13 +60,7 @@ class Payments(Sessions):
                 status="requires_payment_method",
                 latest_charge=charge["id"],
                 next_action=None,
-                last_payment_error={
-                    "type": "card_error",
-                    "code": "card_declined",
-                    "decline_code": card.decline_code,
-                    "message": card.message,
-                    "charge": charge["id"],
-                },
+                last_payment_error=card.payment_error(charge["id"]),
             )
             # Stripe's order for a declined Checkout payment: the charge, then the intent.
             events = [

@@ -9,39 +9,18 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from tests.support.recording_proxy import RecordingProxy
+from tests.support.auto_topup import only_our_topups, queued  # noqa: F401 (a fixture)
 from webapp.ops.auto_topup import Outcome, charge, from_card_error, run_once
 from webapp.stripe_gateway import client_from_config
+
+pytestmark = pytest.mark.usefixtures("only_our_topups")
+
 
 INTENTS = "/v1/payment_intents"
 
 
-@pytest.fixture
-def proxy(stripe_mock_url):
-    with RecordingProxy(stripe_mock_url) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def only_our_topups(owner):
-    """The outbox is shared by the test database: earlier tests' rows are not ours."""
-    owner.execute("update tokenbill.auto_topups set status = 'canceled' where status = 'pending'")
-
-
 def stripe_client(base: str) -> stripe.StripeClient:
     return client_from_config({"STRIPE_SECRET_KEY": "sk_test_tokenbill", "STRIPE_API_BASE": base})
-
-
-def queued(owner, app_conn, make_user, *, customer: str | None = "cus_worker_1") -> tuple:
-    """A user with a Customer and auto top-up on, whose last consumption crossed 50."""
-    user = make_user(balance=60)
-    if customer:
-        customer = f"{customer}_{str(user)[:8]}"
-        app_conn.execute("select api.record_stripe_customer(%s, %s)", [user, customer])
-    app_conn.execute("select api.set_auto_topup(%s, true, 50, 'tokens_100', 2000)", [user])
-    owner.execute("select api.consume(%s, 'cross', 20)", [user])
-    row = owner.execute("select * from tokenbill.auto_topups where user_id = %s", [user]).fetchone()
-    return user, customer, row
 
 
 def test_worker_creates_the_off_session_intent_with_the_crossings_key(

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 
-import pytest
 import stripe
 
 from tests.conftest import audit, balance_of
-from tests.support.recording_proxy import RecordingProxy
 from tests.support.stripe_events import checkout_session_object, new_id
 from webapp.ops import reconcile
-
-
-@pytest.fixture
-def proxy(stripe_mock_url: str) -> Iterator[RecordingProxy]:
-    with RecordingProxy(stripe_mock_url) as running:
-        yield running
 
 
 def test_sessions_we_never_created_are_reported_not_granted(proxy, webhook_conn, owner):
