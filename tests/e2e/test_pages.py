@@ -16,14 +16,20 @@ import pytest
 from workshop.browser_tour import (
     WIDTHS,
     Shop,
+    Stop,
     Watch,
+    axe_ready,
+    live_servers,
     open_shop,
+    register,
     save_settings,
     signed_in_page,
+    status_text,
     tour,
     visit,
     wrong_password,
 )
+from workshop.net import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -110,3 +116,28 @@ def test_error_and_success_flashes_look_different(browser, shop: Shop):
     assert "warn you when your balance drops below 20 tokens" in user.inner_text(".flash")
     user.context.close()
     assert all(a != b for a, b in zip(error, success, strict=True))
+
+
+def test_the_stripe_unreachable_page_is_right_at_both_widths(browser, database_url):
+    """Stripe down while a buyer checks out: a friendly 502 page that charged nothing, and the
+    same checks as every other page (it needs an app whose Stripe is a closed port)."""
+    dead_stripe = f"http://127.0.0.1:{free_port()}"
+    with live_servers(database_url, STRIPE_API_BASE=dead_stripe) as live:
+        for width in WIDTHS:
+            context = browser.new_context(viewport={"width": width, "height": 900})
+            axe_ready(context)
+            page = context.new_page()
+            page.set_default_timeout(30_000)  # the SDK gives up on a closed port quickly
+            register(page, live.url, f"pages-no-stripe-{uuid.uuid4().hex[:8]}@example.test")
+            watch = Watch(page)
+
+            def buy(page) -> None:
+                page.goto(f"{live.url}/billing/buy")
+                page.click(".package button >> nth=0")
+                page.wait_for_selector("h1")
+
+            problems = visit(page, watch, Stop("stripe-unreachable", buy, status=502))
+            text = status_text(page)
+            context.close()
+            assert problems == [], "\n".join(problems)
+            assert "could not reach the payment service" in text and "Nothing was charged" in text
