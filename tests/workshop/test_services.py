@@ -212,6 +212,18 @@ def test_each_checkout_gets_its_own_stable_port() -> None:
     )
 
 
+def test_each_checkout_gets_its_own_stripe_mock_port() -> None:
+    """Checkouts on one machine shared 12111: `services down` in one stopped another's suite."""
+    a = services.checkout_stripe_mock_port(Path("/srv/clone-a"))
+    b = services.checkout_stripe_mock_port(Path("/srv/clone-b"))
+    assert a != b
+    assert services.checkout_stripe_mock_port(Path("/srv/clone-a")) == a
+    for port in (a, b, services.checkout_stripe_mock_port()):
+        # Apart from the clusters' ports and below the kernel's outgoing-connection range.
+        assert services.PG_PORT_BASE + services.PG_PORT_SPAN <= port < 32768
+    assert services.checkout_stripe_mock_port() != services.checkout_pg_port()
+
+
 def test_a_port_answered_from_another_data_dir_is_refused(cluster_dir: Path) -> None:
     """Clone B's cluster on clone A's port: A must refuse it, not silently use B's users."""
     port = free_port()

@@ -43,8 +43,8 @@ from workshop.services.postgres import (
     stop_postgres,
 )
 from workshop.services.stripe_mock import (
-    DEFAULT_STRIPE_MOCK_PORT,
     _http_answers,
+    checkout_stripe_mock_port,
     ensure_stripe_mock,
     ensure_stripe_mock_binary,
     stop_stripe_mock,
@@ -54,7 +54,7 @@ from workshop.services.stripe_mock import (
 _EXTRA_PID_FILES = ("checkout-emulator.pid",)
 
 
-def stop_all(stripe_mock_port: int = DEFAULT_STRIPE_MOCK_PORT) -> None:
+def stop_all(stripe_mock_port: int | None = None) -> None:
     """Stop the default cluster, our stripe-mock and helpers that left pid files in .data."""
     stop_postgres()
     stop_stripe_mock(stripe_mock_port)
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--stripe-mock-port",
             type=int,
-            default=_env_int("TOKENBILL_STRIPE_MOCK_PORT", DEFAULT_STRIPE_MOCK_PORT),
+            default=_env_int("TOKENBILL_STRIPE_MOCK_PORT", checkout_stripe_mock_port()),
+            help="default: TOKENBILL_STRIPE_MOCK_PORT, else a port derived from this checkout",
         )
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sysconfig
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from workshop.services.common import (
     DATA_ROOT,
+    REPO_ROOT,
     START_TIMEOUT,
     _check,
     _file_lock,
@@ -22,7 +24,12 @@ from workshop.services.common import (
     log,
 )
 
-DEFAULT_STRIPE_MOCK_PORT = 12111
+DEFAULT_STRIPE_MOCK_PORT = 12111  # stripe-mock's own default (docker-compose publishes it)
+# Like the cluster, each checkout gets its own stripe-mock (another checkout's `services down`
+# must not stop ours): STRIPE_MOCK_PORT_BASE + (hash of the checkout path) % SPAN, above the
+# clusters' ports and below the kernel's outgoing-connection range (32768-60999).
+STRIPE_MOCK_PORT_BASE = 30000
+STRIPE_MOCK_PORT_SPAN = 2500
 # Pinned: @latest would change what the suite runs against (and the Go it needs) overnight.
 STRIPE_MOCK_MODULE = "github.com/stripe/stripe-mock@v0.203.0"
 GO_DIR = DATA_ROOT / "go"
@@ -45,9 +52,15 @@ def _http_answers(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def checkout_stripe_mock_port(root: Path = REPO_ROOT) -> int:
+    """This checkout's stripe-mock port: stable, and different per checkout."""
+    digest = hashlib.sha256(f"stripe-mock:{Path(root).resolve()}".encode()).digest()
+    return STRIPE_MOCK_PORT_BASE + int.from_bytes(digest[:4], "big") % STRIPE_MOCK_PORT_SPAN
+
+
 def _stripe_mock_files(port: int) -> tuple[Path, Path]:
     """(pid file, log file) for the stripe-mock on this port."""
-    if port == DEFAULT_STRIPE_MOCK_PORT:
+    if port == checkout_stripe_mock_port():
         return DATA_ROOT / "stripe-mock.pid", DATA_ROOT / "stripe-mock.log"
     return DATA_ROOT / f"stripe-mock-{port}.pid", DATA_ROOT / f"stripe-mock-{port}.log"
 
@@ -118,12 +131,13 @@ def ensure_stripe_mock_binary() -> Path:
         return find_stripe_mock() or build_stripe_mock()
 
 
-def ensure_stripe_mock(port: int = DEFAULT_STRIPE_MOCK_PORT) -> str:
+def ensure_stripe_mock(port: int | None = None) -> str:
     """Make sure stripe-mock answers on 127.0.0.1:port and return its base URL.
 
     Started detached so it outlives this process; it listens on loopback only (its HTTPS
     listener goes to a random loopback port, since by default it would take 12112).
     """
+    port = port or checkout_stripe_mock_port()
     url = f"http://127.0.0.1:{port}"
     if _http_answers(port):
         return url
@@ -157,7 +171,7 @@ def ensure_stripe_mock(port: int = DEFAULT_STRIPE_MOCK_PORT) -> str:
     return url
 
 
-def stop_stripe_mock(port: int = DEFAULT_STRIPE_MOCK_PORT) -> bool:
+def stop_stripe_mock(port: int | None = None) -> bool:
     """Stop the stripe-mock we started on this port (one started by hand is left alone)."""
-    pid_file, _ = _stripe_mock_files(port)
+    pid_file, _ = _stripe_mock_files(port or checkout_stripe_mock_port())
     return _stop_by_pid_file(pid_file, "stripe-mock")
