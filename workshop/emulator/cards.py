@@ -25,6 +25,18 @@ class Card:
     def spaced(self) -> str:
         return " ".join(self.number[i : i + 4] for i in range(0, len(self.number), 4))
 
+    def details(self, expiry: tuple[int, int]) -> dict:
+        """The ``card`` hash Stripe shows on a charge or a saved payment method; expiry is
+        (year, month)."""
+        return {
+            "brand": "visa",
+            "country": "US",
+            "exp_month": expiry[1],
+            "exp_year": expiry[0],
+            "funding": "credit",
+            "last4": self.number[-4:],
+        }
+
     def payment_error(self, charge_id: str) -> dict:
         """A PaymentIntent's ``last_payment_error`` after this card declined ``charge_id``."""
         return {

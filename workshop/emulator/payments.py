@@ -201,14 +201,7 @@ class Payments(Sessions):
             "payment_method": payment_method,
             "payment_method_details": {
                 "type": "card",
-                "card": {
-                    "brand": "visa",
-                    "country": "US",
-                    "exp_month": expiry[1],
-                    "exp_year": expiry[0],
-                    "funding": "credit",
-                    "last4": card.number[-4:],
-                },
+                "card": card.details(expiry),
             },
             "receipt_email": pi["receipt_email"],
             "receipt_url": None
