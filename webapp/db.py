@@ -73,6 +73,7 @@ class Database:
         kwargs: dict[str, Any] = {"row_factory": dict_row}
         if transaction_pooler:
             kwargs["prepare_threshold"] = None  # a prepared statement lives on one server conn
+        self._opened = False
         self.pool = ConnectionPool(
             url,
             open=False,
@@ -91,14 +92,20 @@ class Database:
         conn.commit()
 
     def open(self) -> None:
+        """Open the pool (connecting in the background); every later call returns at once, so
+        the views may call it per request without taking the pool's lock each time."""
+        if self._opened:
+            return
         if not self.url:
             # Only `flask` commands load the app without a URL; one that serves must not
             # quietly try libpq's defaults (a local socket, some other cluster).
             raise ConfigError(MISSING_DATABASE_URL)
         self.pool.open(wait=False)
+        self._opened = True
 
     def close(self) -> None:
         self.pool.close()
+        self._opened = False  # a closed pool cannot reopen: open() now raises, as psycopg does
 
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Row]]:
@@ -159,14 +166,16 @@ def use_role(role: str) -> None:
     g.db_local_role = role
 
 
-def get_db() -> Database:
-    database: Database = current_app.extensions[EXTENSION_KEY]
-    database.open()  # idempotent (and locked) in psycopg_pool; connects in the background
+def _opened(key: str) -> Database:
+    database: Database = current_app.extensions[key]
+    database.open()  # first use connects in the background; then a no-op
     return database
+
+
+def get_db() -> Database:
+    return _opened(EXTENSION_KEY)
 
 
 def get_webhook_db() -> Database:
     """The pool acting as tokenbill_webhook: the only one that may apply Stripe objects."""
-    database: Database = current_app.extensions[WEBHOOK_EXTENSION_KEY]
-    database.open()
-    return database
+    return _opened(WEBHOOK_EXTENSION_KEY)
