@@ -63,6 +63,8 @@ def from_env() -> dict[str, Any]:
         "DATABASE_ROLE": os.environ.get("DATABASE_ROLE", "tokenbill_app"),
         "WEBHOOK_DATABASE_URL": os.environ.get("WEBHOOK_DATABASE_URL", ""),
         "WEBHOOK_DATABASE_ROLE": "tokenbill_webhook",
+        # the background loops' own login (flask --app webapp workers); else DATABASE_URL
+        "WORKER_DATABASE_URL": os.environ.get("WORKER_DATABASE_URL", ""),
         "ADMIN_DATABASE_ROLE": "tokenbill_admin",
         "DATABASE_POOL_MAX": _int("DATABASE_POOL_MAX", 10),
         # behind PgBouncer in transaction mode: no server-side prepared statements, the role
