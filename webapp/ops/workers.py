@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,8 @@ class Supervisor:
         self.stop = threading.Event()
         self.threads: dict[str, threading.Thread] = {}
         self.restarts = 0
+        self._deaths: dict[str, int] = {}  # per loop, for the restart backoff
+        self._not_before: dict[str, float] = {}
 
     def _forever(self, loop: Loop) -> None:
         failures = 0
@@ -106,14 +109,22 @@ class Supervisor:
         thread.start()
 
     def check(self) -> None:
-        """Start loops not running yet and restart those whose thread died."""
+        """Start loops not running yet and restart those whose thread died, each later than
+        the last (1 s, 2 s, ... up to max_backoff), so a loop that always dies is no busy loop."""
+        now = time.monotonic()
         for loop in self.loops:
             thread = self.threads.get(loop.name)
             if thread is not None and thread.is_alive():
                 continue
-            if thread is not None:
+            if thread is not None and loop.name not in self._not_before:
+                deaths = self._deaths[loop.name] = self._deaths.get(loop.name, 0) + 1
+                delay = min(2.0 ** (deaths - 1), self.max_backoff)
+                self._not_before[loop.name] = now + delay
+                log.error("%s: loop died; restarting it in %.0fs", loop.name, delay)
+            if now < self._not_before.get(loop.name, 0.0):
+                continue
+            if self._not_before.pop(loop.name, None) is not None:
                 self.restarts += 1
-                log.error("%s: loop died; restarting it", loop.name)
             self._start(loop)
 
     def run(self, keep_going: Callable[[], bool] = lambda: True, tick: float = TICK) -> None:
@@ -187,13 +198,26 @@ def _stop_on_sigterm(supervisor: Supervisor) -> None:
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stop.set())
 
 
+def _wait_for_lock(
+    path: Path, supervisor: Supervisor, keep_going: Callable[[], bool]
+) -> TextIO | None:
+    """The lock on ``path``, once no other supervisor holds it; None if told to stop first."""
+    lock = take_lock(path)
+    if lock is None:
+        log.info("another supervisor holds %s: standing by", path)
+    while lock is None and keep_going() and not supervisor.stop.wait(TICK):
+        lock = take_lock(path)
+    return lock
+
+
 @click.command("workers")
 @click.option("--once", is_flag=True, help="One pass of every loop, then exit (1 if any failed).")
 @click.option("--interval", type=float, default=5.0, show_default=True,
               help="Seconds between auto top-up and alert passes.")  # fmt: skip
 @click.option("--expire-interval", type=float, default=60.0, show_default=True,
               help="Seconds between sweeps of expired agent holds.")  # fmt: skip
-@click.option("--parent-pid", type=int, help="Stop when this process (our parent) is gone.")
+@click.option("--parent-pid", type=int,
+              help="The pid of our parent process: stop once it is gone.")  # fmt: skip
 @click.option("--lock", "lock_path", type=click.Path(path_type=Path),
               help="Run only while holding this file's lock; stand by until then.")  # fmt: skip
 @with_appcontext
@@ -208,6 +232,8 @@ def command(
     config = current_app.config
     if not worker_url(config):
         raise click.UsageError("set WORKER_DATABASE_URL or DATABASE_URL")
+    if parent_pid is not None and os.getppid() != parent_pid:
+        raise click.UsageError(f"--parent-pid {parent_pid} is not the pid of this one's parent")
     loops, off = build_loops(config, os.environ, interval, expire_interval)
     for line in off:
         log.warning("%s", line)
@@ -220,15 +246,10 @@ def command(
 
     supervisor = Supervisor(loops)
     _stop_on_sigterm(supervisor)
-    lock = None
-    if lock_path is not None:
-        lock = take_lock(lock_path)
-        if lock is None:
-            log.info("another supervisor holds %s: standing by", lock_path)
-        while lock is None and keep_going() and not supervisor.stop.wait(TICK):
-            lock = take_lock(lock_path)
-        if lock is None:
-            return
+    lock = None if lock_path is None else _wait_for_lock(lock_path, supervisor, keep_going)
+    if lock_path is not None and lock is None:
+        log.info("stopped before %s was free: never started", lock_path)
+        return
     log.info("workers started (pid %d): %s", os.getpid(), ", ".join(loop.name for loop in loops))
     try:
         supervisor.run(keep_going)
@@ -237,4 +258,6 @@ def command(
     finally:
         if lock is not None:
             lock.close()
+    if not keep_going():
+        log.info("parent process %s is gone", parent_pid)
     log.info("workers stopped")

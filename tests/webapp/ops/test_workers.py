@@ -110,7 +110,7 @@ def test_a_loop_that_dies_is_restarted(supervise, caplog):
         supervise(supervisor)
         assert wait_for(lambda: len(passes) >= 3)
     assert supervisor.restarts == 1
-    assert "fragile: loop died; restarting it" in caplog.text
+    assert "fragile: loop died; restarting it in 1s" in caplog.text
     assert "fragile: alive again" in caplog.text
 
 
