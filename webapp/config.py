@@ -164,6 +164,11 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
             "STRIPE_WEBHOOK_SECRET is the emulator's published secret but the Stripe key is not"
             " the emulator's: anyone could sign events"
         )
+    if webhook_secret == EMULATOR_WEBHOOK_SECRET and not dev:
+        raise ConfigError(
+            "STRIPE_WEBHOOK_SECRET is the emulator's published secret and TOKENBILL_ENV is not"
+            " development: anyone could sign events"
+        )
     if stripe_key.startswith("sk_live_") or stripe_key.startswith("rk_live_"):
         if config.get("STRIPE_API_BASE"):
             raise ConfigError("a live Stripe key must not be sent to STRIPE_API_BASE")
