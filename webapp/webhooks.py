@@ -1,6 +1,7 @@
 """POST /api/webhook/stripe: verify the signature, then hand the event to PostgreSQL once.
 
-The whole effect (inbox dedupe, grant, clawback) is api.handle_stripe_event in one transaction.
+The whole effect (inbox dedupe, grant, clawback) is api.handle_stripe_event in one transaction:
+one statement in autocommit (Database.call), so one round trip to PostgreSQL.
 We answer 200 only after it committed; any database trouble answers 500 so Stripe retries,
 because a 2xx with a lost grant could never be recovered from Stripe's side.
 """
@@ -66,8 +67,7 @@ def stripe_webhook():
     timeout = float(current_app.config["WEBHOOK_DB_TIMEOUT_SECONDS"])
     livemode = stripe_livemode(current_app.config)
     try:
-        with get_webhook_db().connection(timeout=timeout) as conn:
-            row = conn.execute(HANDLE_EVENT, [body, livemode]).fetchone()
+        row = get_webhook_db().call(HANDLE_EVENT, [body, livemode], timeout=timeout)
     except psycopg.Error as exc:
         if exc.sqlstate in PAYLOAD_SQLSTATES or isinstance(exc, psycopg.errors.DataError):
             log.warning("stripe event %s refused by the database: %s", event_id, exc)
@@ -90,8 +90,11 @@ def _failed(body: str, event_id: object, exc: Exception):
     error = f"{type(exc).__name__}: {exc}"
     log.error("stripe event %s not handled, Stripe will retry: %s", event_id, error)
     try:
-        with get_webhook_db().connection(timeout=FAILURE_RECORD_TIMEOUT_SECONDS) as conn:
-            conn.execute("select api.record_stripe_event_failure(%s::jsonb, %s)", [body, error])
+        get_webhook_db().call(
+            "select api.record_stripe_event_failure(%s::jsonb, %s)",
+            [body, error],
+            timeout=FAILURE_RECORD_TIMEOUT_SECONDS,
+        )
     except (psycopg.Error, PoolTimeout) as record_exc:
         log.warning("could not record the failure of event %s: %s", event_id, record_exc)
     return _reply(500, error="event not processed; retry later")
