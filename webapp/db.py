@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from time import monotonic
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from flask import Flask, current_app, g, has_request_context
@@ -34,6 +36,10 @@ WEBHOOK_EXTENSION_KEY = "tokenbill_webhook_db"
 APP_ROLE = "tokenbill_app"
 WEBHOOK_ROLE = "tokenbill_webhook"
 ADMIN_ROLE = "tokenbill_admin"
+# The webhook pool pings only connections idle this long: every delivery is retried by Stripe
+# on a 5xx, so a connection that died while in steady use costs one retried delivery, and each
+# grant saves a round trip (docs/performance.md).
+WEBHOOK_PING_AFTER_IDLE_SECONDS = 2.0
 
 Row = dict[str, Any]
 
@@ -66,8 +72,13 @@ class Database:
         name: str = "tokenbill",
         request_roles: bool = False,
         transaction_pooler: bool = False,
+        ping_after_idle: float = 0.0,
     ) -> None:
         self.url = url
+        # A connection back in the pool less than this many seconds ago is handed out without
+        # a ping (0: ping on every checkout). See _check.
+        self.ping_after_idle = ping_after_idle
+        self._returned_at: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
         self.role = role or None
         self.request_roles = request_roles  # honour use_role(); only the web login may switch
         self.transaction_pooler = transaction_pooler
@@ -83,9 +94,23 @@ class Database:
             timeout=30,
             kwargs=kwargs,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._check,
+            reset=self._stamp if ping_after_idle else None,
             name=name,
         )
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """Ping a pooled connection before handing it out (the pool replaces a dead one), unless
+        it came back less than ``ping_after_idle`` seconds ago: a connection in steady use
+        skips that round trip, and if the server went away meanwhile its one statement fails
+        like any database trouble (the webhook answers 5xx and Stripe retries)."""
+        returned = self._returned_at.get(conn)
+        if returned is not None and monotonic() - returned < self.ping_after_idle:
+            return
+        ConnectionPool.check_connection(conn)
+
+    def _stamp(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned_at[conn] = monotonic()
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self.transaction_pooler:  # else set per transaction, in connection()
@@ -170,6 +195,7 @@ def init_app(app: Flask) -> None:
         config["DATABASE_POOL_MAX"],
         name="tokenbill-webhook",
         transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
+        ping_after_idle=WEBHOOK_PING_AFTER_IDLE_SECONDS,
     )
     app.extensions[EXTENSION_KEY] = database
     app.extensions[WEBHOOK_EXTENSION_KEY] = webhook

@@ -270,3 +270,204 @@ $$;
 
 comment on function api.handle_stripe_event(jsonb,boolean) is
     'The Stripe webhook: dedupe a verified event on its id, apply it once through its type''s tokenbill handler, record the outcome (0022: a dispatcher).';
+
+-- ============================================================================================
+-- api.grant_for_payment and the Checkout amounts: fewer statements, same checks
+-- ============================================================================================
+/*
+ * From 0013's text, changes marked "0022":
+ *   - the recorded session is looked up by its id, or (no session linked yet) by the
+ *     PaymentIntent through a new partial index, instead of one OR query PostgreSQL planned
+ *     again on every call (and that scanned the whole table for a PaymentIntent-first grant);
+ *   - the "session already paid by another PaymentIntent" query runs only when the session
+ *     found is not the one on this payment's row (that one is unique to it);
+ *   - tokenbill.settle_payment runs after a grant only when a refund or a dispute arrived
+ *     before it (else it would move nothing).
+ */
+create index checkout_sessions_payment_intent_idx on tokenbill.checkout_sessions (payment_intent_id)
+    where payment_intent_id is not null;
+comment on index tokenbill.checkout_sessions_payment_intent_idx is 'Finds the recorded session of a PaymentIntent whose payment has none linked yet (api.grant_for_payment).';
+
+create or replace function api.grant_for_payment(
+    p_payment_intent_id text,
+    p_user_id text,
+    p_package_code text,
+    p_amount_cents integer,
+    p_currency text,
+    p_checkout_session_id text default null,
+    p_stripe_event_id text default null,
+    p_charge_id text default null,
+    p_receipt_url text default null
+) returns table (status text, tokens integer, balance integer, reason text)
+language plpgsql security definer set search_path = '' as $$
+declare
+    v_pay tokenbill.payments;
+    v_user uuid := tokenbill.to_uuid(p_user_id);
+    v_pkg tokenbill.packages;
+    v_session tokenbill.checkout_sessions;
+    v_other text;
+    v_link text := p_checkout_session_id;
+    v_reason text;
+    v_balance integer;
+begin
+    if p_payment_intent_id is null or length(p_payment_intent_id) = 0 then
+        raise exception 'a payment intent id is required' using errcode = 'TB003';
+    end if;
+
+    -- A session another PaymentIntent already paid is not linked to this one.
+    if p_checkout_session_id is not null then
+        select p.payment_intent_id into v_other from tokenbill.payments p
+         where p.checkout_session_id = p_checkout_session_id
+           and p.payment_intent_id <> p_payment_intent_id;
+        if v_other is not null then
+            v_link := null;
+        end if;
+    end if;
+
+    -- The upsert locks the payment's row: concurrent grants for one payment queue here.
+    insert into tokenbill.payments as p (payment_intent_id, checkout_session_id, charge_id, receipt_url)
+    values (p_payment_intent_id, v_link, p_charge_id, p_receipt_url)
+    on conflict (payment_intent_id) do update
+        set checkout_session_id = coalesce(p.checkout_session_id, excluded.checkout_session_id),
+            charge_id = coalesce(excluded.charge_id, p.charge_id),
+            receipt_url = coalesce(excluded.receipt_url, p.receipt_url),
+            updated_at = now()
+    returning * into v_pay;
+
+    if v_pay.status = 'granted' then
+        if (v_user is not null and v_user <> v_pay.user_id)
+           or (p_package_code is not null and p_package_code <> v_pay.package_code) then
+            return query select 'rejected'::text, 0, null::integer,
+                format('conflict: payment %s was granted to user %s (package %s), not %s (package %s)',
+                       p_payment_intent_id, v_pay.user_id, v_pay.package_code,
+                       coalesce(p_user_id, 'unknown'), coalesce(p_package_code, 'unknown'));
+            return;
+        end if;
+        return query select 'already_granted'::text, v_pay.tokens_granted, u.balance, null::text
+                       from tokenbill.users u where u.id = v_pay.user_id;
+        return;
+    end if;
+
+    if v_other is not null then
+        v_reason := format('checkout session %s was already paid by %s', p_checkout_session_id, v_other);
+        update tokenbill.payments p set conflicting_session_id = p_checkout_session_id
+         where p.id = v_pay.id;
+    elsif v_pay.conflicting_session_id is not null then
+        v_reason := v_pay.reason;
+    elsif v_user is null then
+        v_reason := format('missing or malformed user id %L', p_user_id);
+    elsif not exists (select from tokenbill.users u where u.id = v_user) then
+        v_reason := format('unknown user %s', v_user);
+        v_user := null;
+    end if;
+
+    select * into v_pkg from tokenbill.packages k where k.code = p_package_code;
+    if v_reason is not null then
+        null;
+    elsif v_pkg.code is null then
+        v_reason := format('unknown package %L', p_package_code);
+    elsif p_amount_cents is distinct from v_pkg.amount_cents
+          or lower(p_currency) is distinct from v_pkg.currency then
+        v_reason := format('amount mismatch: paid %s %s, package %s costs %s %s',
+                           coalesce(p_amount_cents::text, 'unknown'), coalesce(lower(p_currency), '?'),
+                           v_pkg.code, v_pkg.amount_cents, v_pkg.currency);
+    end if;
+
+    if v_reason is null then
+        -- 0022: two index lookups instead of one OR query planned on every call
+        if v_pay.checkout_session_id is not null then
+            select * into v_session from tokenbill.checkout_sessions s
+             where s.id = v_pay.checkout_session_id;
+        else
+            select * into v_session from tokenbill.checkout_sessions s
+             where s.payment_intent_id = p_payment_intent_id
+             limit 1;
+        end if;
+        if v_session.id is not null
+           and (v_session.user_id <> v_user or v_session.package_code <> v_pkg.code) then
+            v_reason := format('payment does not match checkout session %s (user %s, package %s)',
+                               v_session.id, v_session.user_id, v_session.package_code);
+        elsif v_session.id is not null and v_session.id is distinct from v_pay.checkout_session_id then
+            -- 0022: a session on this payment's own row is unique to it (nobody else paid it)
+            select p.payment_intent_id into v_other from tokenbill.payments p
+             where p.checkout_session_id = v_session.id and p.id <> v_pay.id;
+            if v_other is not null then
+                v_reason := format('checkout session %s was already paid by %s', v_session.id, v_other);
+                update tokenbill.payments p set conflicting_session_id = v_session.id
+                 where p.id = v_pay.id;
+            end if;
+        end if;
+    end if;
+
+    if v_reason is not null then
+        update tokenbill.payments p
+           set status = 'rejected', reason = v_reason, user_id = coalesce(v_user, p.user_id),
+               package_code = coalesce(v_pkg.code, p.package_code), amount_cents = p_amount_cents,
+               currency = lower(p_currency), updated_at = now()
+         where p.id = v_pay.id;
+        return query select 'rejected'::text, 0, null::integer, v_reason;
+        return;
+    end if;
+
+    v_balance := tokenbill.post_entry(
+        v_user, 'purchase', v_pkg.tokens, p_allow_negative => true,
+        p_payment_id => v_pay.id,
+        p_checkout_session_id => coalesce(v_pay.checkout_session_id, v_session.id),
+        p_payment_intent_id => v_pay.payment_intent_id,
+        p_charge_id => coalesce(p_charge_id, v_pay.charge_id),
+        p_stripe_event_id => p_stripe_event_id);
+    update tokenbill.payments p
+       set status = 'granted', reason = null, user_id = v_user, package_code = v_pkg.code,
+           checkout_session_id = coalesce(p.checkout_session_id, v_session.id),
+           amount_cents = p_amount_cents, currency = lower(p_currency),
+           tokens_granted = v_pkg.tokens, granted_at = now(), updated_at = now()
+     where p.id = v_pay.id;
+
+    -- A refund or dispute may have been reported before any grant event arrived (both lock
+    -- this row first, so what they recorded is visible now). 0022: only then can it move.
+    if (v_pay.refunded_cents > 0
+        or exists (select from tokenbill.disputes d where d.payment_id = v_pay.id))
+       and tokenbill.settle_payment(v_pay.id, p_stripe_event_id) <> 0 then
+        select u.balance into v_balance from tokenbill.users u where u.id = v_user;
+    end if;
+    return query select 'granted'::text, v_pkg.tokens, v_balance, null::text;
+end
+$$;
+
+/**
+ * Keep what a Checkout Session says about the money: total, subtotal, discount, tax, invoice.
+ * 0022 (from 0019's text): clawbacks are settled again only when the total changed (they are
+ * proportional to it; nothing else here moves them).
+ */
+create or replace function tokenbill.record_checkout_amounts(p_session jsonb) returns void
+language plpgsql set search_path = '' as $$
+declare
+    v_pi text := tokenbill.stripe_id(p_session -> 'payment_intent');
+    v_invoice jsonb := p_session -> 'invoice';
+    v_pay bigint;
+    v_total_changed boolean;
+begin
+    update tokenbill.payments p
+       set amount_cents = coalesce(tokenbill.stripe_int(p_session -> 'amount_total'), p.amount_cents),
+           subtotal_cents = coalesce(tokenbill.stripe_int(p_session -> 'amount_subtotal'), p.subtotal_cents),
+           discount_cents = coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_discount'), p.discount_cents),
+           tax_cents = coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_tax'), p.tax_cents),
+           promotion_code = coalesce(tokenbill.stripe_id(p_session -> 'discounts' -> 0 -> 'promotion_code'),
+                                     p.promotion_code),
+           invoice_id = coalesce(tokenbill.stripe_id(v_invoice), p.invoice_id),
+           invoice_url = coalesce(case when v_invoice ->> 'hosted_invoice_url' ~ '^https://'
+                                       then v_invoice ->> 'hosted_invoice_url' end, p.invoice_url),
+           invoice_pdf_url = coalesce(case when v_invoice ->> 'invoice_pdf' ~ '^https://'
+                                           then v_invoice ->> 'invoice_pdf' end, p.invoice_pdf_url),
+           updated_at = now()
+      from (select o.id, o.amount_cents from tokenbill.payments o
+             where o.payment_intent_id = v_pi and o.status = 'granted'
+               and o.checkout_session_id = p_session ->> 'id') old
+     where p.id = old.id
+    returning p.id, p.amount_cents is distinct from old.amount_cents into v_pay, v_total_changed;
+    if v_total_changed then
+        -- refunds claw back in proportion to the total actually paid
+        perform tokenbill.settle_payment(v_pay);
+    end if;
+end
+$$;

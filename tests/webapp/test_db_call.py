@@ -3,10 +3,12 @@ connection as every other caller expects it (in transaction mode)."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
-from webapp.db import get_webhook_db
+from webapp.db import WEBHOOK_PING_AFTER_IDLE_SECONDS, get_db, get_webhook_db
 
 
 def test_call_commits_its_statement_and_gives_the_connection_back_transactional(make_app, owner):
@@ -23,3 +25,39 @@ def test_call_commits_its_statement_and_gives_the_connection_back_transactional(
         }
         with db.connection() as conn:
             assert conn.autocommit is False
+
+
+def _kill_backend(owner, pid: int) -> None:
+    owner.execute("select pg_terminate_backend(%s)", [pid])
+    for _ in range(200):
+        if not owner.execute("select 1 from pg_stat_activity where pid = %s", [pid]).fetchone():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"backend {pid} still alive")
+
+
+def test_a_connection_that_died_in_steady_use_fails_one_call_then_the_pool_recovers(
+    make_app, owner
+):
+    """The webhook pool skips the ping for a connection back less than
+    WEBHOOK_PING_AFTER_IDLE_SECONDS ago: a server restart then fails one statement (the
+    webhook's 5xx, retried by Stripe), never more, and never a wrong answer."""
+    app = make_app()
+    with app.app_context():
+        db = get_webhook_db()
+        assert db.ping_after_idle == WEBHOOK_PING_AFTER_IDLE_SECONDS > 0
+        _kill_backend(owner, db.call("select pg_backend_pid() as pid")["pid"])
+        with pytest.raises(psycopg.OperationalError):
+            db.call("select 1 as one")
+        assert db.call("select 1 as one") == {"one": 1}
+
+
+def test_the_app_pool_pings_every_checkout(make_app, owner):
+    app = make_app()
+    with app.app_context():
+        db = get_db()
+        assert db.ping_after_idle == 0
+        with db.connection() as conn:
+            pid = conn.execute("select pg_backend_pid() as pid").fetchone()["pid"]
+        _kill_backend(owner, pid)
+        assert db.fetch_one("select 1 as one") == {"one": 1}  # the dead one was replaced
