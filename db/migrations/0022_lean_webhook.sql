@@ -282,13 +282,19 @@ comment on function api.handle_stripe_event(jsonb,boolean) is
  *   - the "session already paid by another PaymentIntent" query runs only when the session
  *     found is not the one on this payment's row (that one is unique to it);
  *   - tokenbill.settle_payment runs after a grant only when a refund or a dispute arrived
- *     before it (else it would move nothing).
+ *     before it (else it would move nothing);
+ *   - a Checkout Session's amounts (total, subtotal, discount, tax, promotion code, invoice)
+ *     are written by the granting UPDATE itself (new last parameter p_session) instead of a
+ *     second UPDATE of the same row afterwards (which re-ran both foreign-key checks, the
+ *     row being new in this transaction); tokenbill.record_checkout_amounts remains for a
+ *     payment granted earlier.
  */
 create index checkout_sessions_payment_intent_idx on tokenbill.checkout_sessions (payment_intent_id)
     where payment_intent_id is not null;
 comment on index tokenbill.checkout_sessions_payment_intent_idx is 'Finds the recorded session of a PaymentIntent whose payment has none linked yet (api.grant_for_payment).';
 
-create or replace function api.grant_for_payment(
+drop function api.grant_for_payment(text, text, text, integer, text, text, text, text, text);
+create function api.grant_for_payment(
     p_payment_intent_id text,
     p_user_id text,
     p_package_code text,
@@ -297,7 +303,8 @@ create or replace function api.grant_for_payment(
     p_checkout_session_id text default null,
     p_stripe_event_id text default null,
     p_charge_id text default null,
-    p_receipt_url text default null
+    p_receipt_url text default null,
+    p_session jsonb default null
 ) returns table (status text, tokens integer, balance integer, reason text)
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -309,6 +316,8 @@ declare
     v_link text := p_checkout_session_id;
     v_reason text;
     v_balance integer;
+    v_amounts boolean;
+    v_invoice jsonb := p_session -> 'invoice';
 begin
     if p_payment_intent_id is null or length(p_payment_intent_id) = 0 then
         raise exception 'a payment intent id is required' using errcode = 'TB003';
@@ -416,11 +425,36 @@ begin
         p_payment_intent_id => v_pay.payment_intent_id,
         p_charge_id => coalesce(p_charge_id, v_pay.charge_id),
         p_stripe_event_id => p_stripe_event_id);
+    -- 0022: the session's amounts, when it is this payment's session (as in
+    -- tokenbill.record_checkout_amounts)
+    v_amounts := p_session ->> 'id' = coalesce(v_pay.checkout_session_id, v_session.id);
     update tokenbill.payments p
        set status = 'granted', reason = null, user_id = v_user, package_code = v_pkg.code,
            checkout_session_id = coalesce(p.checkout_session_id, v_session.id),
-           amount_cents = p_amount_cents, currency = lower(p_currency),
-           tokens_granted = v_pkg.tokens, granted_at = now(), updated_at = now()
+           amount_cents = case when v_amounts
+                               then coalesce(tokenbill.stripe_int(p_session -> 'amount_total'), p_amount_cents)
+                               else p_amount_cents end,
+           currency = lower(p_currency),
+           tokens_granted = v_pkg.tokens, granted_at = now(), updated_at = now(),
+           subtotal_cents = case when v_amounts
+                                 then coalesce(tokenbill.stripe_int(p_session -> 'amount_subtotal'), p.subtotal_cents)
+                                 else p.subtotal_cents end,
+           discount_cents = case when v_amounts
+                                 then coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_discount'), p.discount_cents)
+                                 else p.discount_cents end,
+           tax_cents = case when v_amounts
+                            then coalesce(tokenbill.stripe_int(p_session -> 'total_details' -> 'amount_tax'), p.tax_cents)
+                            else p.tax_cents end,
+           promotion_code = case when v_amounts
+                                 then coalesce(tokenbill.stripe_id(p_session -> 'discounts' -> 0 -> 'promotion_code'), p.promotion_code)
+                                 else p.promotion_code end,
+           invoice_id = case when v_amounts
+                             then coalesce(tokenbill.stripe_id(v_invoice), p.invoice_id)
+                             else p.invoice_id end,
+           invoice_url = case when v_amounts and v_invoice ->> 'hosted_invoice_url' ~ '^https://'
+                              then v_invoice ->> 'hosted_invoice_url' else p.invoice_url end,
+           invoice_pdf_url = case when v_amounts and v_invoice ->> 'invoice_pdf' ~ '^https://'
+                                  then v_invoice ->> 'invoice_pdf' else p.invoice_pdf_url end
      where p.id = v_pay.id;
 
     -- A refund or dispute may have been reported before any grant event arrived (both lock
@@ -433,6 +467,9 @@ begin
     return query select 'granted'::text, v_pkg.tokens, v_balance, null::text;
 end
 $$;
+revoke all on function api.grant_for_payment(text, text, text, integer, text, text, text, text, text, jsonb) from public;
+comment on function api.grant_for_payment(text,text,text,integer,text,text,text,text,text,jsonb) is
+    'Credit a package to a user once per payment (PaymentIntent), checking amount, currency, user and the recorded Checkout Session; refusals are recorded, never raised. p_session (0022): the Checkout Session object whose amounts the grant records.';
 
 /**
  * Keep what a Checkout Session says about the money: total, subtotal, discount, tax, invoice.
@@ -469,5 +506,86 @@ begin
         -- refunds claw back in proportion to the total actually paid
         perform tokenbill.settle_payment(v_pay);
     end if;
+end
+$$;
+
+/**
+ * Fulfil a Checkout Session object (from an event, the success page or reconciliation): the
+ * handler of checkout.session.* events. From 0019's text; 0022: the session goes to
+ * api.grant_for_payment, whose grant records its amounts, so only a payment granted earlier
+ * needs tokenbill.record_checkout_amounts.
+ */
+create or replace function tokenbill.fulfil_checkout_session(
+    p_session jsonb, p_stripe_event_id text default null, p_event_type text default null)
+returns table (outcome text, detail text)
+language plpgsql set search_path = '' as $$
+declare
+    v_id text := p_session ->> 'id';
+    v_pi text := tokenbill.stripe_id(p_session -> 'payment_intent');
+    v_payment_status text := p_session ->> 'payment_status';
+    v_charge jsonb := p_session -> 'payment_intent' -> 'latest_charge';
+    v_ref text := p_session ->> 'client_reference_id';
+    v_meta_user text := p_session -> 'metadata' ->> 'user_id';
+    v_grant record;
+begin
+    if v_id is null then
+        raise exception 'checkout session without an id' using errcode = 'TB003';
+    end if;
+
+    update tokenbill.checkout_sessions s
+       set status = case when s.status = 'open' then coalesce(p_session ->> 'status', s.status)
+                         else s.status end,
+           payment_status = coalesce(v_payment_status, s.payment_status),
+           payment_intent_id = coalesce(s.payment_intent_id, v_pi),
+           updated_at = now()
+     where s.id = v_id;
+
+    if p_event_type = 'checkout.session.expired' then
+        return query select 'processed'::text, 'session expired'::text;
+        return;
+    end if;
+    if p_event_type = 'checkout.session.async_payment_failed' then
+        if v_pi is not null then
+            perform tokenbill.record_payment_failure(v_pi, 'asynchronous payment failed');
+        end if;
+        return query select 'processed'::text, 'asynchronous payment failed; nothing granted'::text;
+        return;
+    end if;
+    if v_payment_status = 'unpaid' then
+        return query select 'processed'::text,
+            'payment pending: waiting for checkout.session.async_payment_succeeded'::text;
+        return;
+    end if;
+    if v_payment_status is distinct from 'paid' then
+        return query select 'ignored'::text, format('payment_status is %s', v_payment_status);
+        return;
+    end if;
+    if v_pi is null then
+        return query select 'rejected'::text, 'paid session without a payment intent'::text;
+        return;
+    end if;
+    if v_ref is not null and v_meta_user is not null and v_ref <> v_meta_user then
+        return query select 'rejected'::text,
+            format('conflicting user ids: client_reference_id %s, metadata.user_id %s', v_ref, v_meta_user);
+        return;
+    end if;
+
+    select * into v_grant from api.grant_for_payment(
+        v_pi,
+        coalesce(v_ref, v_meta_user),
+        p_session -> 'metadata' ->> 'package',
+        tokenbill.checkout_list_amount(p_session),  -- 0019: was amount_total
+        p_session ->> 'currency',
+        v_id,
+        p_stripe_event_id,
+        tokenbill.stripe_id(v_charge),
+        case when jsonb_typeof(v_charge) = 'object' then v_charge ->> 'receipt_url' end,
+        p_session);  -- 0022: a new grant records the session's amounts itself
+    if v_grant.status = 'already_granted' then
+        perform tokenbill.record_checkout_amounts(p_session);  -- 0019
+    end if;
+    return query select
+        case when v_grant.status = 'rejected' then 'rejected' else 'processed' end,
+        coalesce(v_grant.reason, format('%s %s tokens', v_grant.status, v_grant.tokens));
 end
 $$;
