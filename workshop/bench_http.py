@@ -2,8 +2,9 @@
 
 1. Signed ``checkout.session.completed`` deliveries per second: every delivery is a distinct
    payment whose session was recorded first, so each one is a real grant (inbox row, payment
-   row, ledger row), sent from C concurrent keep-alive clients; then the same deliveries to
-   the bench-only control ``/bench/webhook-verify-only`` (signature check only, no database).
+   row, ledger row), sent from C concurrent keep-alive clients, and the same deliveries to
+   the bench-only control ``/bench/webhook-verify-only`` (the webhook's own signature check,
+   no database), in alternating rounds so that drift in a shared machine's load hits both.
 2. Agent-endpoint latency with the offline agent: the real ``POST /api/agent`` with an API key
    (billing on: begin/charge, history lookup, finish) against the bench-only control route
    ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
