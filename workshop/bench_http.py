@@ -4,7 +4,8 @@
    payment whose session was recorded first, so each one is a real grant (inbox row, payment
    row, ledger row), sent from C concurrent keep-alive clients, and the same deliveries to
    the bench-only control ``/bench/webhook-verify-only`` (the webhook's own signature check,
-   no database), in alternating rounds so that drift in a shared machine's load hits both.
+   no database), in alternating rounds so that drift in a shared machine's load hits both,
+   after a few uncounted deliveries of each at that concurrency (connections, plpgsql caches).
 2. Agent-endpoint latency with the offline agent: the real ``POST /api/agent`` with an API key
    (billing on: begin/charge, history lookup, finish) against the bench-only control route
    ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
@@ -56,6 +57,7 @@ WEBHOOK_SECRET = "whsec_bench_http_" + "0" * 8  # a private server: not a real s
 APP_SPEC = "workshop.bench_app:create_bench_app()"
 WORKERS, THREADS = 2, 8  # what scripts/run starts
 WEBHOOK_ROUNDS = 6  # alternating grant/control rounds per client count
+WARM_UP_PER_CLIENT = 3  # uncounted grants per client before each client count's rounds
 WEBHOOK_HEADERS = [
     "scenario",
     "clients",
@@ -150,6 +152,11 @@ def bench_webhooks(url: str, owner: psycopg.Connection[Any], settings: Settings)
         f"control: {VERIFY_ONLY_PATH} (signature only)": VERIFY_ONLY_PATH,
     }
     for clients in settings.clients:
+        # Warm up at this concurrency, uncounted (like the agent benchmark): the pools open
+        # their connections and each new backend compiles the plpgsql functions once.
+        warm_up = _webhook_bodies(owner, WARM_UP_PER_CLIENT * clients)
+        for path in routes.values():
+            _post_webhooks(url, warm_up, clients, path)
         bodies = _webhook_bodies(owner, settings.webhooks)
         progress(f"webhooks: {len(bodies)} deliveries from {clients} client(s)")
         rounds = max(1, min(WEBHOOK_ROUNDS, len(bodies)))
@@ -274,7 +281,7 @@ def run(admin_url: str, settings: Settings) -> str:
                 audit, _ = ledger_audit(owner)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
-    expected = settings.webhooks * len(settings.clients)
+    expected = sum(settings.webhooks + WARM_UP_PER_CLIENT * c for c in settings.clients)
     return "\n".join(
         [
             f"gunicorn: {WORKERS} workers x {THREADS} threads, offline agent",
