@@ -42,7 +42,7 @@ def test_a_connection_that_died_in_steady_use_fails_one_call_then_the_pool_recov
     """The webhook pool skips the ping for a connection back less than
     WEBHOOK_PING_AFTER_IDLE_SECONDS ago: a server restart then fails one statement (the
     webhook's 5xx, retried by Stripe), never more, and never a wrong answer."""
-    app = make_app()
+    app = make_app(DATABASE_POOL_MAX=1)  # one connection: the next call gets the dead one
     with app.app_context():
         db = get_webhook_db()
         assert db.ping_after_idle == WEBHOOK_PING_AFTER_IDLE_SECONDS > 0
@@ -54,7 +54,7 @@ def test_a_connection_that_died_in_steady_use_fails_one_call_then_the_pool_recov
 
 
 def test_the_app_pool_pings_every_checkout(make_app, owner):
-    app = make_app()
+    app = make_app(DATABASE_POOL_MAX=1)
     with app.app_context():
         db = get_db()
         assert db.ping_after_idle == 0
