@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from time import monotonic
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from flask import Flask, current_app, g, has_request_context
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -33,6 +36,10 @@ WEBHOOK_EXTENSION_KEY = "tokenbill_webhook_db"
 APP_ROLE = "tokenbill_app"
 WEBHOOK_ROLE = "tokenbill_webhook"
 ADMIN_ROLE = "tokenbill_admin"
+# The webhook pool pings only connections idle this long: every delivery is retried by Stripe
+# on a 5xx, so a connection that died while in steady use costs one retried delivery, and each
+# grant saves a round trip (docs/performance.md).
+WEBHOOK_PING_AFTER_IDLE_SECONDS = 2.0
 
 Row = dict[str, Any]
 
@@ -65,8 +72,13 @@ class Database:
         name: str = "tokenbill",
         request_roles: bool = False,
         transaction_pooler: bool = False,
+        ping_after_idle: float = 0.0,
     ) -> None:
         self.url = url
+        # A connection back in the pool less than this many seconds ago is handed out without
+        # a ping (0: ping on every checkout). See _check.
+        self.ping_after_idle = ping_after_idle
+        self._returned_at: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
         self.role = role or None
         self.request_roles = request_roles  # honour use_role(); only the web login may switch
         self.transaction_pooler = transaction_pooler
@@ -82,9 +94,23 @@ class Database:
             timeout=30,
             kwargs=kwargs,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._check,
+            reset=self._stamp if ping_after_idle else None,
             name=name,
         )
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """Ping a pooled connection before handing it out (the pool replaces a dead one), unless
+        it came back less than ``ping_after_idle`` seconds ago: a connection in steady use
+        skips that round trip, and if the server went away meanwhile its one statement fails
+        like any database trouble (the webhook answers 5xx and Stripe retries)."""
+        returned = self._returned_at.get(conn)
+        if returned is not None and monotonic() - returned < self.ping_after_idle:
+            return
+        ConnectionPool.check_connection(conn)
+
+    def _stamp(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned_at[conn] = monotonic()
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self.transaction_pooler:  # else set per transaction, in connection()
@@ -122,6 +148,27 @@ class Database:
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
             yield conn  # type: ignore[misc]
 
+    def call(
+        self, query: str, params: Sequence[Any] = (), timeout: float | None = None
+    ) -> Row | None:
+        """Run one statement as its own transaction and return its first row.
+
+        For a single call of a database function (atomic by itself): the statement runs in
+        autocommit, so it costs one round trip instead of three (BEGIN, the call, COMMIT).
+        Behind a transaction pooler, or in a request that chose a narrower role, the role is
+        set per transaction, so it takes connection()'s transaction as before.
+        """
+        if self.transaction_pooler or (self.request_roles and has_request_context()):
+            with self.connection(timeout=timeout) as conn:
+                return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        with self.pool.connection(timeout=timeout) as conn:
+            conn.autocommit = True
+            try:
+                return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    conn.autocommit = False  # a broken connection is discarded by the pool
+
     def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
         with self.connection() as conn:
             return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
@@ -148,6 +195,7 @@ def init_app(app: Flask) -> None:
         config["DATABASE_POOL_MAX"],
         name="tokenbill-webhook",
         transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
+        ping_after_idle=WEBHOOK_PING_AFTER_IDLE_SECONDS,
     )
     app.extensions[EXTENSION_KEY] = database
     app.extensions[WEBHOOK_EXTENSION_KEY] = webhook

@@ -1,6 +1,7 @@
 """POST /api/webhook/stripe: verify the signature, then hand the event to PostgreSQL once.
 
-The whole effect (inbox dedupe, grant, clawback) is api.handle_stripe_event in one transaction.
+The whole effect (inbox dedupe, grant, clawback) is api.handle_stripe_event in one transaction:
+one statement in autocommit (Database.call), so one round trip to PostgreSQL.
 We answer 200 only after it committed; any database trouble answers 500 so Stripe retries,
 because a 2xx with a lost grant could never be recovered from Stripe's side.
 """
@@ -8,10 +9,11 @@ because a 2xx with a lost grant could never be recovered from Stripe's side.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import psycopg
 import stripe
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from psycopg_pool import PoolTimeout
 
 from .config import stripe_livemode
@@ -28,15 +30,23 @@ PAYLOAD_SQLSTATES = {"TB003"}
 HANDLE_EVENT = "select * from api.handle_stripe_event(%s::jsonb, %s)"
 
 
-def _reply(status: int, **body: object):
+def _reply(status: int, **body: object) -> tuple[Response, int]:
     return jsonify(body), status
 
 
-@bp.post("/api/webhook/stripe")
-@csrf.exempt
-@limiter.exempt
-def stripe_webhook():
-    """Verify and apply one Stripe event."""
+@dataclass(frozen=True)
+class Delivery:
+    """A Stripe delivery whose signature the SDK verified: the body and what it says it is."""
+
+    body: str
+    event_id: object
+    event_type: str
+
+
+def verify_delivery() -> Delivery | tuple[Response, int]:
+    """Verify this request's ``Stripe-Signature`` with the SDK, before anything else; the
+    400/500 reply when it cannot be trusted. Shared with the benchmark's control route, so
+    the two differ only by what happens after verification."""
     secret = current_app.config.get("STRIPE_WEBHOOK_SECRET") or ""
     if not secret:
         log.error("STRIPE_WEBHOOK_SECRET is not set: refusing webhook (events stay at Stripe)")
@@ -59,15 +69,26 @@ def stripe_webhook():
         log.warning("stripe webhook with a malformed payload (%d bytes)", len(payload))
         record_webhook("unknown", "bad_request")
         return _reply(400, error="malformed payload")
+    return Delivery(
+        body=payload.decode("utf-8"),
+        event_id=getattr(evt, "id", None),
+        event_type=str(getattr(evt, "type", None) or "unknown"),
+    )
 
-    body = payload.decode("utf-8")
-    event_id = getattr(evt, "id", None)
-    event_type = str(getattr(evt, "type", None) or "unknown")
+
+@bp.post("/api/webhook/stripe")
+@csrf.exempt
+@limiter.exempt
+def stripe_webhook():
+    """Verify and apply one Stripe event."""
+    delivery = verify_delivery()
+    if not isinstance(delivery, Delivery):
+        return delivery
+    body, event_id, event_type = delivery.body, delivery.event_id, delivery.event_type
     timeout = float(current_app.config["WEBHOOK_DB_TIMEOUT_SECONDS"])
     livemode = stripe_livemode(current_app.config)
     try:
-        with get_webhook_db().connection(timeout=timeout) as conn:
-            row = conn.execute(HANDLE_EVENT, [body, livemode]).fetchone()
+        row = get_webhook_db().call(HANDLE_EVENT, [body, livemode], timeout=timeout)
     except psycopg.Error as exc:
         if exc.sqlstate in PAYLOAD_SQLSTATES or isinstance(exc, psycopg.errors.DataError):
             log.warning("stripe event %s refused by the database: %s", event_id, exc)
@@ -90,8 +111,11 @@ def _failed(body: str, event_id: object, exc: Exception):
     error = f"{type(exc).__name__}: {exc}"
     log.error("stripe event %s not handled, Stripe will retry: %s", event_id, error)
     try:
-        with get_webhook_db().connection(timeout=FAILURE_RECORD_TIMEOUT_SECONDS) as conn:
-            conn.execute("select api.record_stripe_event_failure(%s::jsonb, %s)", [body, error])
+        get_webhook_db().call(
+            "select api.record_stripe_event_failure(%s::jsonb, %s)",
+            [body, error],
+            timeout=FAILURE_RECORD_TIMEOUT_SECONDS,
+        )
     except (psycopg.Error, PoolTimeout) as record_exc:
         log.warning("could not record the failure of event %s: %s", event_id, record_exc)
     return _reply(500, error="event not processed; retry later")

@@ -6,10 +6,12 @@ agent on the message and answers the same JSON shape, but never calls
 api.begin_agent_request / api.settle_agent_request (nothing reserved, nothing stored). The
 difference in latency between the two routes is the cost of billing.
 
-``POST /bench/webhook-verify-only`` is the webhook's control: it verifies the
-``Stripe-Signature`` with the same secret and SDK call as ``POST /api/webhook/stripe`` and
-answers, but never touches the database, so a grant's rate can be compared with what the
-server does per delivery before PostgreSQL.
+``POST /bench/webhook-verify-only`` is the webhook's control: it runs the webhook's own
+``webapp.webhooks.verify_delivery`` (same secret, body, SDK call and error replies as
+``POST /api/webhook/stripe``, behind the same app and middleware) and answers, but never
+touches the database, so a grant's rate can be compared with what the server does per
+delivery before PostgreSQL. What the grant does beyond it: the database call, one log line
+and one metric increment.
 
 They exist only here: ``webapp.create_app()`` never registers them (a test checks), and only
 ``workshop.bench_http`` serves ``workshop.bench_app:create_bench_app()``.
@@ -22,7 +24,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import stripe
 from flask import Blueprint, Flask, abort, current_app, jsonify, request
 
 from webapp import create_app
@@ -31,6 +32,7 @@ from webapp.agents import get_agent
 from webapp.api_auth import api_login_required, api_user
 from webapp.extensions import csrf, limiter
 from webapp.metering import collect
+from webapp.webhooks import Delivery, verify_delivery
 
 bp = Blueprint("bench", __name__, url_prefix="/bench")
 UNBILLED_PATH = "/bench/agent-unbilled"
@@ -65,15 +67,11 @@ def agent_unbilled():
 @csrf.exempt
 @limiter.exempt
 def webhook_verify_only():
-    """Verify a Stripe delivery like the webhook does, then answer without the database."""
-    secret = current_app.config.get("STRIPE_WEBHOOK_SECRET") or ""
-    try:
-        evt = stripe.Webhook.construct_event(
-            request.get_data(), request.headers.get("Stripe-Signature") or "", secret
-        )
-    except (stripe.SignatureVerificationError, ValueError):
-        return jsonify(error="invalid signature"), 400
-    return jsonify(outcome="verified", id=evt.id)
+    """Verify a Stripe delivery with the webhook's own code, then answer without the database."""
+    delivery = verify_delivery()
+    if not isinstance(delivery, Delivery):
+        return delivery
+    return jsonify(outcome="verified", id=delivery.event_id)
 
 
 def create_bench_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -2,8 +2,10 @@
 
 1. Signed ``checkout.session.completed`` deliveries per second: every delivery is a distinct
    payment whose session was recorded first, so each one is a real grant (inbox row, payment
-   row, ledger row), sent from C concurrent keep-alive clients; then the same deliveries to
-   the bench-only control ``/bench/webhook-verify-only`` (signature check only, no database).
+   row, ledger row), sent from C concurrent keep-alive clients, and the same deliveries to
+   the bench-only control ``/bench/webhook-verify-only`` (the webhook's own signature check,
+   no database), in alternating rounds so that drift in a shared machine's load hits both,
+   after a few uncounted deliveries of each at that concurrency (connections, plpgsql caches).
 2. Agent-endpoint latency with the offline agent: the real ``POST /api/agent`` with an API key
    (billing on: begin/charge, history lookup, finish) against the bench-only control route
    ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
@@ -54,6 +56,8 @@ from workshop.bench_common import (
 WEBHOOK_SECRET = "whsec_bench_http_" + "0" * 8  # a private server: not a real secret
 APP_SPEC = "workshop.bench_app:create_bench_app()"
 WORKERS, THREADS = 2, 8  # what scripts/run starts
+WEBHOOK_ROUNDS = 6  # alternating grant/control rounds per client count
+WARM_UP_PER_CLIENT = 3  # uncounted grants per client before each client count's rounds
 WEBHOOK_HEADERS = [
     "scenario",
     "clients",
@@ -139,19 +143,36 @@ def _post_webhooks(
 
 
 def bench_webhooks(url: str, owner: psycopg.Connection[Any], settings: Settings) -> list[list[Any]]:
-    """Per client count: the grants, then the same deliveries to the signature-only control."""
+    """Per client count: the grants and the same deliveries to the signature-only control, in
+    alternating rounds (grant, control, control, grant, ...) so that a machine getting busier
+    or quieter during the run weighs on both alike, as in the agent benchmark."""
     rows = []
+    routes = {
+        "checkout.session.completed (grant)": "/api/webhook/stripe",
+        f"control: {VERIFY_ONLY_PATH} (signature only)": VERIFY_ONLY_PATH,
+    }
     for clients in settings.clients:
+        # Warm up at this concurrency, uncounted (like the agent benchmark): the pools open
+        # their connections and each new backend compiles the plpgsql functions once.
+        warm_up = _webhook_bodies(owner, WARM_UP_PER_CLIENT * clients)
+        for path in routes.values():
+            _post_webhooks(url, warm_up, clients, path)
         bodies = _webhook_bodies(owner, settings.webhooks)
         progress(f"webhooks: {len(bodies)} deliveries from {clients} client(s)")
-        for scenario, path in (
-            ("checkout.session.completed (grant)", "/api/webhook/stripe"),
-            (f"control: {VERIFY_ONLY_PATH} (signature only)", VERIFY_ONLY_PATH),
-        ):
-            sample = _post_webhooks(url, bodies, clients, path)
+        rounds = max(1, min(WEBHOOK_ROUNDS, len(bodies)))
+        merged = {name: Sample(seconds=0.0) for name in routes}
+        for r in range(rounds):
+            chunk = bodies[r * len(bodies) // rounds : (r + 1) * len(bodies) // rounds]
+            order = list(routes.items()) if r % 2 == 0 else list(routes.items())[::-1]
+            for name, path in order:
+                sample = _post_webhooks(url, chunk, clients, path)
+                merged[name].seconds += sample.seconds
+                merged[name].latencies_ms += sample.latencies_ms
+                merged[name].failures += sample.failures
+        for name, sample in merged.items():
             rows.append(
                 [
-                    scenario,
+                    name,
                     clients,
                     sample.ops,
                     sample.failures,
@@ -260,7 +281,7 @@ def run(admin_url: str, settings: Settings) -> str:
                 audit, _ = ledger_audit(owner)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
-    expected = settings.webhooks * len(settings.clients)
+    expected = sum(settings.webhooks + WARM_UP_PER_CLIENT * c for c in settings.clients)
     return "\n".join(
         [
             f"gunicorn: {WORKERS} workers x {THREADS} threads, offline agent",

@@ -116,6 +116,31 @@ def test_full_refund_of_a_discounted_purchase_takes_all_tokens_back(client, owne
     assert balance_of(owner, user) == 0
 
 
+def test_a_refund_reported_before_the_discounted_grant_claws_back_against_the_total(
+    client, owner, make_user
+):
+    """Out of order: the refund of half of the 400 paid arrives first; the grant (which records
+    the session's total in the same UPDATE since 0022) then takes back half the tokens, not
+    200/500 of them."""
+    user = make_user()
+    ch = ev.new_id("ch")
+    evt, pi = session_event(user, total=400, discount=100)
+    deliver(client, ev.charge_refunded(pi, 400, 200, charge=ch))
+    deliver(client, evt)
+    assert balance_of(owner, user) == 50
+    row = owner.execute(
+        "select amount_cents, subtotal_cents, discount_cents, tokens_clawed"
+        " from tokenbill.payments where payment_intent_id = %s",
+        [pi],
+    ).fetchone()
+    assert row == {
+        "amount_cents": 400,
+        "subtotal_cents": 500,
+        "discount_cents": 100,
+        "tokens_clawed": 50,
+    }
+
+
 def test_invoice_links_from_the_session_and_from_invoice_events(client, owner, make_user):
     user = make_user()
     inv = ev.new_id("in")
