@@ -20,8 +20,11 @@
  *     tokenbill.message_is_valid); a broken row is still refused with SQLSTATE 23514.
  *   - price_of and record_agent_delivery were SQL-language functions with SET clauses (never
  *     inlined, so re-planned on every call); they are plpgsql now (plans cached per session).
- *   - begin_agent_request locks the user and reads the price inline (no lock_user /
- *     price_for calls) and probes for overdue holds with one EXISTS before looping.
+ *   - begin_agent_request runs fewer statements: the user's lock inline (no lock_user call),
+ *     the overdue-hold and replay probes in one statement, the price and the conversation's
+ *     owner in one, the answer returned without a final SELECT (settle likewise).
+ *   - messages.user_id and agent_holds.user_id lose their foreign keys (see below for the
+ *     control that replaces them).
  */
 
 -- ============================================================================================
@@ -92,6 +95,28 @@ alter table tokenbill.messages
     drop constraint messages_status_check,
     drop constraint messages_user_message_done,
     add constraint messages_valid check (tokenbill.message_is_valid(request_id, role, status, cost));
+
+-- ============================================================================================
+-- Two foreign keys that begin_agent_request makes redundant
+-- ============================================================================================
+/*
+ * messages.user_id and agent_holds.user_id referenced tokenbill.users: each costs one RI query
+ * per inserted row (three per request) plus a KEY SHARE lock on the user's row version that
+ * the same transaction has just updated. Their rows are written only by
+ * api.begin_agent_request (no role but the owner may write these tables: 0013), which in the
+ * same transaction locks and updates that user's row and writes the reserve ledger row, and
+ * puts the messages in a conversation it checked (or created) as that user's. So every hold
+ * and message names an existing user, and that user can never be deleted while they exist:
+ * conversations.user_id and ledger.user_id still reference users. tests/db/
+ * test_lean_agent_request.py checks both (a user with a request cannot be deleted; every
+ * message's user is its conversation's user).
+ */
+alter table tokenbill.messages drop constraint messages_user_id_fkey;
+alter table tokenbill.agent_holds drop constraint agent_holds_user_id_fkey;
+comment on column tokenbill.messages.user_id is
+    'The conversation''s user (api.begin_agent_request checks it). No foreign key since 0021: the conversation''s and the reserve ledger row''s keep the user.';
+comment on column tokenbill.agent_holds.user_id is
+    'The user whose balance the hold reserved from. No foreign key since 0021: the reserve ledger row written with it keeps the user.';
 
 -- ============================================================================================
 -- Prices and delivery progress in plpgsql (cached plans)
@@ -169,6 +194,13 @@ $$;
 -- ============================================================================================
 -- The agent request
 -- ============================================================================================
+/*
+ * Statements per call are the cost that is left (each one an executor start and end inside
+ * plpgsql), so: the overdue-hold probe and the replay probe are one statement, the price and
+ * the conversation's owner one more, and the answer is assigned to the OUT columns (RETURN
+ * NEXT) instead of a final SELECT. The user's row lock still comes first: a concurrent retry
+ * of the same key waits on it and then sees the first request's rows (a later snapshot).
+ */
 create or replace function api.begin_agent_request(
     p_user_id uuid,
     p_request_id text,
@@ -184,12 +216,20 @@ create or replace function api.begin_agent_request(
 language plpgsql security definer set search_path = '' as $$
 declare
     v_balance integer;
-    v_prior tokenbill.messages;
-    v_hold tokenbill.agent_holds;
+    v_overdue boolean;
+    v_hold_id bigint;
+    v_prior_conversation uuid;
+    v_prior_status text;
+    v_prior_reply text;
+    v_prior_error text;
+    v_prior_cost integer;
+    v_prior_hash text;
+    v_prior_reserved integer;
+    v_prior_charged integer;
     v_price tokenbill.prices;
+    v_owner_ok boolean;
     v_conversation uuid := p_conversation_id;
     v_new integer;
-    v_overdue bigint;
 begin
     if p_message is null or length(btrim(p_message)) = 0 or length(p_message) > 20000 then
         raise exception 'message must be 1 to 20000 characters' using errcode = 'TB003';
@@ -209,56 +249,73 @@ begin
     if not found then
         raise exception 'unknown user %', p_user_id using errcode = 'TB002';
     end if;
-    if exists (select from tokenbill.agent_holds h
-                where h.user_id = p_user_id and h.status = 'held' and h.expires_at <= now()) then
-        for v_overdue in
-            select h.id from tokenbill.agent_holds h
-             where h.user_id = p_user_id and h.status = 'held' and h.expires_at <= now()
-             order by h.id
+
+    for i in 1 .. 2 loop
+        -- this user's overdue holds, and this request id seen before, in one look
+        select exists (select from tokenbill.agent_holds o
+                        where o.user_id = p_user_id and o.status = 'held' and o.expires_at <= now()),
+               m.conversation_id, m.status, m.content, m.error, m.cost,
+               h.request_hash, h.reserved, h.charged
+          into v_overdue, v_prior_conversation, v_prior_status, v_prior_reply, v_prior_error,
+               v_prior_cost, v_prior_hash, v_prior_reserved, v_prior_charged
+          from (select) one
+          left join tokenbill.messages m
+            on m.user_id = p_user_id and m.request_id = p_request_id and m.role = 'assistant'
+          left join tokenbill.agent_holds h
+            on h.user_id = p_user_id and h.request_id = p_request_id;
+        exit when not v_overdue;
+        -- a dead worker's holds are settled first (a retry then replays the expired outcome)
+        for v_hold_id in
+            select o.id from tokenbill.agent_holds o
+             where o.user_id = p_user_id and o.status = 'held' and o.expires_at <= now()
+             order by o.id
         loop
-            perform tokenbill.expire_hold(v_overdue);
+            perform tokenbill.expire_hold(v_hold_id);
         end loop;
         select u.balance into v_balance from tokenbill.users u where u.id = p_user_id;
-    end if;
+    end loop;
 
-    select * into v_prior from tokenbill.messages m
-     where m.user_id = p_user_id and m.request_id = p_request_id and m.role = 'assistant';
-    if found then
-        select * into v_hold from tokenbill.agent_holds h
-         where h.user_id = p_user_id and h.request_id = p_request_id;
-        if found and v_hold.request_hash <> p_request_hash then
-            return query select 'mismatch'::text, v_prior.conversation_id, v_balance,
-                                null::text, null::text, null::text, v_hold.reserved, null::integer;
+    if v_prior_status is not null then
+        if v_prior_hash is not null and v_prior_hash <> p_request_hash then
+            outcome := 'mismatch'; conversation_id := v_prior_conversation;
+            balance := v_balance; price := v_prior_reserved;
+            return next;
             return;
         end if;
-        return query select 'replayed'::text, v_prior.conversation_id, v_balance, v_prior.status,
-                            v_prior.content, v_prior.error, coalesce(v_hold.reserved, v_prior.cost),
-                            v_hold.charged;
+        outcome := 'replayed'; conversation_id := v_prior_conversation; balance := v_balance;
+        status := v_prior_status; reply := v_prior_reply; error := v_prior_error;
+        price := coalesce(v_prior_reserved, v_prior_cost); charged := v_prior_charged;
+        return next;
         return;
     end if;
 
-    if v_conversation is not null then
-        perform from tokenbill.conversations c
-         where c.id = v_conversation and c.user_id = p_user_id;
-        if not found then
-            raise exception 'unknown conversation %', v_conversation using errcode = 'TB002';
-        end if;
-    end if;
-
-    select * into v_price from tokenbill.prices p
+    -- the price, and whether the conversation (if any) is this user's, in one look
+    select p.agent, p.per_call, p.per_1k_input, p.per_1k_output, p.max_per_call,
+           p_conversation_id is null
+           or exists (select from tokenbill.conversations c
+                       where c.id = p_conversation_id and c.user_id = p_user_id)
+      into v_price.agent, v_price.per_call, v_price.per_1k_input, v_price.per_1k_output,
+           v_price.max_per_call, v_owner_ok
+      from tokenbill.prices p
      where p.agent in (p_agent, '*')
      order by p.agent = '*'
      limit 1;
-    if not found then
+    if not coalesce(v_owner_ok, exists (select from tokenbill.conversations c
+                                         where c.id = p_conversation_id and c.user_id = p_user_id)) then
+        raise exception 'unknown conversation %', p_conversation_id using errcode = 'TB002';
+    end if;
+    if v_price.agent is null then
         raise exception 'no price for agent % and no ''*'' price', p_agent using errcode = 'TB002';
     end if;
+
     v_new := tokenbill.post_entry(p_user_id, 'reserve', -v_price.max_per_call,
                                   p_request_id => p_request_id,
                                   p_reason => format('agent %s: up to %s reserved', p_agent,
                                                      v_price.max_per_call));
     if v_new is null then
-        return query select 'insufficient_tokens'::text, v_conversation, v_balance, null::text,
-                            null::text, null::text, v_price.max_per_call, null::integer;
+        outcome := 'insufficient_tokens'; conversation_id := v_conversation;
+        balance := v_balance; price := v_price.max_per_call;
+        return next;
         return;
     end if;
 
@@ -281,11 +338,22 @@ begin
     values (v_conversation, p_user_id, p_request_id, 'user', p_message, 'done', v_price.max_per_call),
            (v_conversation, p_user_id, p_request_id, 'assistant', '', 'pending', v_price.max_per_call);
 
-    return query select 'started'::text, v_conversation, v_new, 'pending'::text,
-                        null::text, null::text, v_price.max_per_call, null::integer;
+    outcome := 'started'; conversation_id := v_conversation; balance := v_new;
+    status := 'pending'; price := v_price.max_per_call;
+    return next;
 end
 $$;
 
+/*
+ * The common ending — something was delivered and the price is all that was reserved (the
+ * default price, or a per-size price at its maximum) — is ONE UPDATE of the hold, guarded by
+ * status = 'held' in its WHERE, with no user lock and no ledger row: no money moves. Delivery
+ * progress only grows and the price only grows with it (capped at reserved), so a concurrent
+ * progress write cannot lower that charge. Every other ending moves money and keeps 0014's
+ * order: lock the user, then the hold (the expiry's order), status guard, close_hold. The fast
+ * path takes the hold's row and then the message's, the order every path uses after the
+ * user's, so it cannot deadlock with an expiry running under the user's lock.
+ */
 create or replace function api.settle_agent_request(
     p_user_id uuid, p_request_id text, p_outcome text, p_reply text, p_input_chars integer,
     p_error text default null, p_parts integer default null
@@ -293,53 +361,37 @@ create or replace function api.settle_agent_request(
 language plpgsql security definer set search_path = '' as $$
 declare
     v_hold tokenbill.agent_holds;
-    v_delivered boolean;
+    v_delivered boolean := true;
     v_status text;
-    v_charged integer;
-    v_closed boolean := false;
     v_reply text := coalesce(p_reply, '');
-    v_outcome text;
 begin
     if p_outcome is null or p_outcome not in ('done', 'failed', 'timeout', 'disconnected') then
         raise exception 'outcome must be done, failed, timeout or disconnected' using errcode = 'TB003';
     end if;
-    -- read without a lock: decide whether money moves
-    select * into v_hold from tokenbill.agent_holds h
-     where h.user_id = p_user_id and h.request_id = p_request_id;
+
+    update tokenbill.agent_holds h
+       set status = 'settled', charged = h.reserved, settled_at = now(),
+           outcome = case when p_outcome = 'done' then 'done' else p_outcome || ' (partial)' end,
+           input_chars = greatest(h.input_chars, coalesce(p_input_chars, 0)),
+           delivered_chars = greatest(h.delivered_chars, length(v_reply)),
+           delivered_parts = greatest(h.delivered_parts, coalesce(p_parts, 0))
+     where h.user_id = p_user_id and h.request_id = p_request_id and h.status = 'held'
+       and (length(v_reply) > 0 or h.first_delivered_at is not null)
+       and (h.per_call >= h.reserved
+            or tokenbill.price_of(h.per_call, h.per_1k_input, h.per_1k_output, h.reserved,
+                                  greatest(h.input_chars, coalesce(p_input_chars, 0)),
+                                  greatest(h.delivered_chars, length(v_reply))) = h.reserved)
+    returning h.reserved into charged;
+
     if not found then
-        raise exception 'unknown agent request %', p_request_id using errcode = 'TB002';
-    end if;
-
-    if v_hold.status = 'held' then
-        v_delivered := length(v_reply) > 0 or v_hold.first_delivered_at is not null;
-        v_outcome := case when v_delivered and p_outcome <> 'done'
-                          then p_outcome || ' (partial)' else p_outcome end;
-        if v_delivered then
-            v_charged := tokenbill.price_of(
-                v_hold.per_call, v_hold.per_1k_input, v_hold.per_1k_output, v_hold.reserved,
-                greatest(coalesce(p_input_chars, 0), v_hold.input_chars),
-                greatest(length(v_reply), v_hold.delivered_chars));
-            if v_charged = v_hold.reserved then
-                -- no money moves: close the hold alone (no user lock, no ledger row). The
-                -- status guard is the WHERE: a hold the expiry closed meanwhile is not touched.
-                -- Delivery progress only grows and the price only grows with it (capped at
-                -- reserved), so a concurrent progress write cannot lower this charge.
-                update tokenbill.agent_holds h
-                   set status = 'settled', charged = h.reserved, settled_at = now(),
-                       outcome = v_outcome,
-                       input_chars = greatest(h.input_chars, coalesce(p_input_chars, 0)),
-                       delivered_chars = greatest(h.delivered_chars, length(v_reply)),
-                       delivered_parts = greatest(h.delivered_parts, coalesce(p_parts, 0))
-                 where h.id = v_hold.id and h.status = 'held';
-                v_closed := found;
-            end if;
-        end if;
-    end if;
-
-    if not v_closed then
-        -- money moves (or the hold changed under us): the user first, then the hold
+        -- money moves (or the hold is closed already, or unknown): the user first, then the hold
         perform tokenbill.lock_user(p_user_id);
-        select * into v_hold from tokenbill.agent_holds h where h.id = v_hold.id for update;
+        select * into v_hold from tokenbill.agent_holds h
+         where h.user_id = p_user_id and h.request_id = p_request_id
+           for update;
+        if not found then
+            raise exception 'unknown agent request %', p_request_id using errcode = 'TB002';
+        end if;
         if v_hold.status <> 'held' then
             return query select 'already_settled'::text, m.status, v_hold.charged, u.balance
                            from tokenbill.users u, tokenbill.messages m
@@ -348,10 +400,10 @@ begin
             return;
         end if;
         v_delivered := length(v_reply) > 0 or v_hold.first_delivered_at is not null;
-        v_outcome := case when v_delivered and p_outcome <> 'done'
-                          then p_outcome || ' (partial)' else p_outcome end;
-        v_charged := tokenbill.close_hold(v_hold, v_delivered, length(v_reply), p_input_chars,
-                                          v_outcome, p_parts);
+        charged := tokenbill.close_hold(v_hold, v_delivered, length(v_reply), p_input_chars,
+                                        case when v_delivered and p_outcome <> 'done'
+                                             then p_outcome || ' (partial)' else p_outcome end,
+                                        p_parts);
     end if;
 
     v_status := case when not v_delivered then
@@ -363,10 +415,14 @@ begin
            error = case when p_outcome = 'done' then null
                         else left(coalesce(p_error, p_outcome), 1000) end
      where m.user_id = p_user_id and m.request_id = p_request_id and m.role = 'assistant'
-       and m.status = 'pending';
-
-    return query select 'settled'::text, v_status, v_charged, u.balance
-                   from tokenbill.users u where u.id = p_user_id;
+       and m.status = 'pending'
+    returning (select u.balance from tokenbill.users u where u.id = p_user_id) into balance;
+    if not found then
+        select u.balance into balance from tokenbill.users u where u.id = p_user_id;
+    end if;
+    status := 'settled';
+    message_status := v_status;
+    return next;
 end
 $$;
 

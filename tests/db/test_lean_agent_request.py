@@ -146,6 +146,44 @@ def test_fast_settles_racing_the_expiry_settle_once_without_deadlock(
     assert audit(owner) == []
 
 
+def test_the_user_of_every_request_exists_and_cannot_be_deleted(
+    owner: psycopg.Connection, app_conn, make_user
+) -> None:
+    """What replaced the messages.user_id and agent_holds.user_id foreign keys (0021)."""
+    user = make_user(balance=3)
+    conversation = begin(app_conn, user, "new")["conversation_id"]
+    begin(app_conn, user, "continued", conversation_id=conversation)
+    settle(app_conn, user, "new")
+    owner.execute("begin")
+    try:
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            owner.execute("delete from tokenbill.users where id = %s", [user])
+    finally:
+        owner.execute("rollback")
+    strays = owner.execute(
+        "select (select count(*) from tokenbill.messages m"
+        "         join tokenbill.conversations c on c.id = m.conversation_id"
+        "        where m.user_id <> c.user_id) as messages,"
+        "       (select count(*) from tokenbill.agent_holds h"
+        "        where not exists (select from tokenbill.users u where u.id = h.user_id)"
+        "           or not exists (select from tokenbill.ledger l where l.user_id = h.user_id"
+        "                           and l.request_id = h.request_id and l.kind = 'reserve'))"
+        "        as holds"
+    ).fetchone()
+    assert strays == {"messages": 0, "holds": 0}
+
+
+def test_another_users_conversation_stays_refused(app_conn, make_user) -> None:
+    """The owner check moved into the price lookup; it still refuses, also without tokens."""
+    owner_of_it, intruder, broke = make_user(balance=2), make_user(balance=2), make_user()
+    conversation = begin(app_conn, owner_of_it, "mine")["conversation_id"]
+    for user in (intruder, broke):
+        with pytest.raises(psycopg.Error) as caught:
+            begin(app_conn, user, "theirs", conversation_id=conversation)
+        assert caught.value.sqlstate == "TB002"
+    assert balance_of(app_conn, intruder) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # One CHECK per table, every rule
 # --------------------------------------------------------------------------------------------
