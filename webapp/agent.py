@@ -355,7 +355,12 @@ def api_agent():
         user.id, request_id, row["conversation_id"], message, row["balance"], row["price"]
     )
     try:
-        history = bounded_history(db, call, int(config["AGENT_HISTORY_CHARS"]))
+        # a conversation this request started has no earlier exchange: no query for it
+        history = (
+            bounded_history(db, call, int(config["AGENT_HISTORY_CHARS"]))
+            if conversation_id is not None
+            else []
+        )
     except psycopg.Error as exc:
         settled = settle(db, call, "failed", [], f"history: {exc.sqlstate}")
         fields = _ended(settled)[1] if settled else {"error": UNSAVED}
