@@ -112,6 +112,36 @@ alter table tokenbill.messages
  * message's user is its conversation's user).
  */
 alter table tokenbill.messages drop constraint messages_user_id_fkey;
+-- messages.conversation_id likewise (two RI queries per request, and a KEY SHARE lock on the
+-- conversation row version begin has just written): begin inserts the conversation, or
+-- checks it is the user's and updates it, in the same transaction as its messages; what the
+-- foreign key also did — refuse deleting a conversation that has messages — a trigger now
+-- does for every conversation (nothing in tokenbill deletes one).
+alter table tokenbill.messages drop constraint messages_conversation_id_fkey;
+
+/** Conversations are never deleted (their messages are the record of what was charged). */
+create function tokenbill.forbid_conversation_delete() returns trigger
+language plpgsql set search_path = '' as $$
+begin
+    raise exception 'conversations are kept with their messages (% refused)', tg_op
+        using errcode = 'TB001';
+end
+$$;
+create trigger conversations_kept
+    before delete on tokenbill.conversations
+    for each row execute function tokenbill.forbid_conversation_delete();
+create trigger conversations_not_truncated
+    before truncate on tokenbill.conversations
+    for each statement execute function tokenbill.forbid_conversation_delete();
+revoke all on function tokenbill.forbid_conversation_delete() from public;
+comment on function tokenbill.forbid_conversation_delete() is
+    'Trigger: refuses DELETE and TRUNCATE of conversations (0021: replaces messages.conversation_id''s foreign key as the guard of messages'' conversations).';
+comment on trigger conversations_kept on tokenbill.conversations is
+    'A conversation is never deleted: its messages keep their conversation without a foreign key (0021).';
+comment on trigger conversations_not_truncated on tokenbill.conversations is
+    'A conversation is never deleted, TRUNCATE included (0021).';
+comment on column tokenbill.messages.conversation_id is
+    'The request''s conversation: created or checked as the user''s by api.begin_agent_request in the same transaction. No foreign key since 0021; conversations are never deleted (trigger conversations_kept).';
 alter table tokenbill.agent_holds drop constraint agent_holds_user_id_fkey;
 comment on column tokenbill.messages.user_id is
     'The conversation''s user (api.begin_agent_request checks it). No foreign key since 0021: the conversation''s and the reserve ledger row''s keep the user.';

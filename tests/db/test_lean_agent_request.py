@@ -146,10 +146,12 @@ def test_fast_settles_racing_the_expiry_settle_once_without_deadlock(
     assert audit(owner) == []
 
 
-def test_the_user_of_every_request_exists_and_cannot_be_deleted(
+def test_the_user_and_conversation_of_every_request_exist_and_stay(
     owner: psycopg.Connection, app_conn, make_user
 ) -> None:
-    """What replaced the messages.user_id and agent_holds.user_id foreign keys (0021)."""
+    """What replaced the foreign keys of messages (user, conversation) and agent_holds (user)
+    (0021): nothing deletes the user or the conversation, and begin writes only rows whose
+    conversation is the user's."""
     user = make_user(balance=3)
     conversation = begin(app_conn, user, "new")["conversation_id"]
     begin(app_conn, user, "continued", conversation_id=conversation)
@@ -160,10 +162,21 @@ def test_the_user_of_every_request_exists_and_cannot_be_deleted(
             owner.execute("delete from tokenbill.users where id = %s", [user])
     finally:
         owner.execute("rollback")
+    for statement in (
+        "delete from tokenbill.conversations where id = %s",
+        "truncate tokenbill.conversations cascade",
+    ):
+        owner.execute("begin")
+        try:
+            with pytest.raises(psycopg.Error) as caught:
+                owner.execute(statement, [conversation] if "%s" in statement else [])
+            assert caught.value.sqlstate == "TB001"
+        finally:
+            owner.execute("rollback")
     strays = owner.execute(
         "select (select count(*) from tokenbill.messages m"
-        "         join tokenbill.conversations c on c.id = m.conversation_id"
-        "        where m.user_id <> c.user_id) as messages,"
+        "         left join tokenbill.conversations c on c.id = m.conversation_id"
+        "        where c.user_id is distinct from m.user_id) as messages,"
         "       (select count(*) from tokenbill.agent_holds h"
         "        where not exists (select from tokenbill.users u where u.id = h.user_id)"
         "           or not exists (select from tokenbill.ledger l where l.user_id = h.user_id"
