@@ -320,7 +320,7 @@ def api_agent():
     except Exception as exc:  # a broken LLM setup: refuse before reserving anything
         log.error("agent unavailable: %s", type(exc).__name__)
         return _json({"error": FAILED, "balance": user.balance}, 502)
-    row = db.fetch_one(
+    row = db.call(
         "select * from api.begin_agent_request(%s, %s, %s, %s, %s, %s, %s)",
         [
             user.id,

@@ -126,6 +126,22 @@ class Database:
         with self.connection() as conn:
             return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
 
+    def call(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        """One statement that is a whole transaction by itself (an api.* function call, atomic
+        in PostgreSQL): sent in autocommit, one round trip instead of BEGIN, query, COMMIT.
+        When the transaction must start with ``SET LOCAL ROLE`` (a request role, or behind a
+        transaction pooler) it runs inside one, exactly as ``fetch_one``."""
+        local_role = self.request_roles and has_request_context() and g.get("db_local_role")
+        if local_role or self.transaction_pooler:
+            return self.fetch_one(query, params)
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+
     def fetch_all(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         with self.connection() as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
