@@ -21,10 +21,11 @@
  *   - price_of and record_agent_delivery were SQL-language functions with SET clauses (never
  *     inlined, so re-planned on every call); they are plpgsql now (plans cached per session).
  *   - begin_agent_request runs fewer statements: the user's lock inline (no lock_user call),
- *     the overdue-hold and replay probes in one statement, the price and the conversation's
- *     owner in one, the answer returned without a final SELECT (settle likewise).
- *   - messages.user_id and agent_holds.user_id lose their foreign keys (see below for the
- *     control that replaces them).
+ *     the overdue-hold and replay probes, the price and the conversation's owner in one
+ *     statement, the answer returned without a final SELECT (settle likewise).
+ *   - messages.user_id, messages.conversation_id and agent_holds.user_id lose their foreign
+ *     keys (see below for the controls that replace them); agent_holds keeps one partial
+ *     index of open holds instead of two.
  */
 
 -- ============================================================================================
@@ -149,6 +150,19 @@ comment on column tokenbill.agent_holds.user_id is
     'The user whose balance the hold reserved from. No foreign key since 0021: the reserve ledger row written with it keeps the user.';
 
 -- ============================================================================================
+-- One partial index of open holds, not two
+-- ============================================================================================
+/*
+ * agent_holds_open_idx (expires_at) and agent_holds_user_open_idx (user_id, expires_at) both
+ * held exactly the open holds; one more index entry on every begin for the minutely sweep.
+ * The sweep (status = 'held' and expires_at <= now()) scans agent_holds_user_open_idx whole:
+ * it holds only open holds (requests in flight), whatever the table's size.
+ */
+drop index tokenbill.agent_holds_open_idx;
+comment on index tokenbill.agent_holds_user_open_idx is
+    'Open holds: a user''s overdue ones (begin_agent_request) and, scanned whole, everyone''s (api.expire_agent_holds). Only requests in flight are in it (0021 dropped agent_holds_open_idx).';
+
+-- ============================================================================================
 -- Prices and delivery progress in plpgsql (cached plans)
 -- ============================================================================================
 create or replace function tokenbill.price_of(
@@ -226,8 +240,8 @@ $$;
 -- ============================================================================================
 /*
  * Statements per call are the cost that is left (each one an executor start and end inside
- * plpgsql), so: the overdue-hold probe and the replay probe are one statement, the price and
- * the conversation's owner one more, and the answer is assigned to the OUT columns (RETURN
+ * plpgsql), so: the overdue-hold probe, the replay probe, the price and the conversation's
+ * owner are one statement, and the answer is assigned to the OUT columns (RETURN
  * NEXT) instead of a final SELECT. The user's row lock still comes first: a concurrent retry
  * of the same key waits on it and then sees the first request's rows (a later snapshot).
  */
@@ -281,18 +295,31 @@ begin
     end if;
 
     for i in 1 .. 2 loop
-        -- this user's overdue holds, and this request id seen before, in one look
+        -- this user's overdue holds, this request id seen before, the price and whether the
+        -- conversation (if any) is this user's: one look
         select exists (select from tokenbill.agent_holds o
                         where o.user_id = p_user_id and o.status = 'held' and o.expires_at <= now()),
                m.conversation_id, m.status, m.content, m.error, m.cost,
-               h.request_hash, h.reserved, h.charged
+               h.request_hash, h.reserved, h.charged,
+               pr.agent, pr.per_call, pr.per_1k_input, pr.per_1k_output, pr.max_per_call,
+               p_conversation_id is null
+               or exists (select from tokenbill.conversations c
+                           where c.id = p_conversation_id and c.user_id = p_user_id)
           into v_overdue, v_prior_conversation, v_prior_status, v_prior_reply, v_prior_error,
-               v_prior_cost, v_prior_hash, v_prior_reserved, v_prior_charged
+               v_prior_cost, v_prior_hash, v_prior_reserved, v_prior_charged,
+               v_price.agent, v_price.per_call, v_price.per_1k_input, v_price.per_1k_output,
+               v_price.max_per_call, v_owner_ok
           from (select) one
           left join tokenbill.messages m
             on m.user_id = p_user_id and m.request_id = p_request_id and m.role = 'assistant'
           left join tokenbill.agent_holds h
-            on h.user_id = p_user_id and h.request_id = p_request_id;
+            on h.user_id = p_user_id and h.request_id = p_request_id
+          left join lateral (
+                select p.agent, p.per_call, p.per_1k_input, p.per_1k_output, p.max_per_call
+                  from tokenbill.prices p
+                 where p.agent in (p_agent, '*')
+                 order by p.agent = '*'
+                 limit 1) pr on true;
         exit when not v_overdue;
         -- a dead worker's holds are settled first (a retry then replays the expired outcome)
         for v_hold_id in
@@ -319,19 +346,7 @@ begin
         return;
     end if;
 
-    -- the price, and whether the conversation (if any) is this user's, in one look
-    select p.agent, p.per_call, p.per_1k_input, p.per_1k_output, p.max_per_call,
-           p_conversation_id is null
-           or exists (select from tokenbill.conversations c
-                       where c.id = p_conversation_id and c.user_id = p_user_id)
-      into v_price.agent, v_price.per_call, v_price.per_1k_input, v_price.per_1k_output,
-           v_price.max_per_call, v_owner_ok
-      from tokenbill.prices p
-     where p.agent in (p_agent, '*')
-     order by p.agent = '*'
-     limit 1;
-    if not coalesce(v_owner_ok, exists (select from tokenbill.conversations c
-                                         where c.id = p_conversation_id and c.user_id = p_user_id)) then
+    if not v_owner_ok then
         raise exception 'unknown conversation %', p_conversation_id using errcode = 'TB002';
     end if;
     if v_price.agent is null then
