@@ -76,6 +76,7 @@ def test_compose_validates_the_file(rendered: dict[str, Any]) -> None:
         "migrate",
         "db-logins",
         "web",
+        "workers",
         "emulator",
         "stripe-cli",
     }
@@ -116,12 +117,14 @@ def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
     assert web["build"] == "." and raw["services"]["migrate"]["build"] == "."
 
 
-def _web_environment(rendered: dict[str, Any], **env: str) -> dict[str, str]:
-    """Run web's start script with gunicorn swapped for `env`; return what gunicorn would see."""
-    web = rendered["services"]["web"]
+def _web_environment(rendered: dict[str, Any], service: str = "web", **env: str) -> dict[str, str]:
+    """Run a service's start script with its program swapped for `env`; return what the
+    program (gunicorn for web, the workers' supervisor) would see."""
+    web = rendered["services"][service]
     script = web["command"][-1].replace("$$", "$")  # compose's escape, undone as compose does
-    assert script.count("exec gunicorn") == 1
-    script = script.split("exec gunicorn")[0] + "exec env"
+    program = {"web": "exec gunicorn", "workers": "exec flask --app webapp workers"}[service]
+    assert script.count(program) == 1
+    script = script.split(program)[0] + "exec env"
     base = {k: str(v) for k, v in web["environment"].items()}
     result = subprocess.run(
         [*web["command"][:-1], script],
@@ -151,6 +154,39 @@ def test_web_uses_real_stripe_with_a_key(rendered: dict[str, Any]) -> None:
     assert env["STRIPE_API_BASE"] == ""  # the SDK's default: api.stripe.com
     assert env["STRIPE_WEBHOOK_SECRET"] == "whsec_cli"
     assert env["PAYMENTS_SIMULATED"] == ""
+
+
+def test_workers_run_the_supervisor_as_the_workers_login(raw: dict[str, Any]) -> None:
+    """Never the superuser: tokenbill_workers may SET ROLE to tokenbill_notifier and
+    tokenbill_app only (webapp/ops/db_logins.py GROUPS), the password db-logins gave it."""
+    workers = raw["services"]["workers"]
+    assert workers["command"][-1].rstrip().endswith("exec flask --app webapp workers")
+    assert workers["build"] == "."
+    assert workers["restart"] == "unless-stopped"  # a dead supervisor is started again
+    assert workers["depends_on"] == {"db-logins": {"condition": "service_completed_successfully"}}
+    url = workers["environment"]["DATABASE_URL"]
+    assert url.startswith(
+        "postgresql://tokenbill_workers:${WORKERS_DB_PASSWORD:-workers-dev-only}@"
+    )
+    logins = raw["services"]["db-logins"]["environment"]
+    assert logins["WORKERS_DB_PASSWORD"] == "${WORKERS_DB_PASSWORD:-workers-dev-only}"
+    assert "ports" not in workers
+    for alert in ("ALERT_WEBHOOK_URL", "ALERT_WEBHOOK_SECRET"):
+        assert alert in workers["environment"]
+
+
+@pytest.mark.parametrize(
+    "env", [{}, {"STRIPE_SECRET_KEY": "sk_test_real", "STRIPE_WEBHOOK_SECRET": "w"}]
+)
+def test_workers_and_web_make_the_same_stripe_choice(
+    rendered: dict[str, Any], env: dict[str, str]
+) -> None:
+    """The top-up loop charges through the Stripe the web app takes payments from."""
+    stripe = ("STRIPE_SECRET_KEY", "STRIPE_API_BASE", "STRIPE_WEBHOOK_SECRET", "PAYMENTS_SIMULATED")
+    web = _web_environment(rendered, **env)
+    workers = _web_environment(rendered, "workers", **env)
+    assert {k: web.get(k) for k in stripe} == {k: workers.get(k) for k in stripe}
+    assert workers["DATABASE_URL"].startswith("postgresql://tokenbill_workers:workers-dev-only@")
 
 
 def test_emulator_runs_in_the_default_profile_and_posts_to_web(raw: dict[str, Any]) -> None:

@@ -63,6 +63,8 @@ def from_env() -> dict[str, Any]:
         "DATABASE_ROLE": os.environ.get("DATABASE_ROLE", "tokenbill_app"),
         "WEBHOOK_DATABASE_URL": os.environ.get("WEBHOOK_DATABASE_URL", ""),
         "WEBHOOK_DATABASE_ROLE": "tokenbill_webhook",
+        # the background loops' own login (flask --app webapp workers); else DATABASE_URL
+        "WORKER_DATABASE_URL": os.environ.get("WORKER_DATABASE_URL", ""),
         "ADMIN_DATABASE_ROLE": "tokenbill_admin",
         "DATABASE_POOL_MAX": _int("DATABASE_POOL_MAX", 10),
         # behind PgBouncer in transaction mode: no server-side prepared statements, the role
@@ -161,6 +163,11 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
         raise ConfigError(
             "STRIPE_WEBHOOK_SECRET is the emulator's published secret but the Stripe key is not"
             " the emulator's: anyone could sign events"
+        )
+    if webhook_secret == EMULATOR_WEBHOOK_SECRET and not dev:
+        raise ConfigError(
+            "STRIPE_WEBHOOK_SECRET is the emulator's published secret and TOKENBILL_ENV is not"
+            " development: anyone could sign events"
         )
     if stripe_key.startswith("sk_live_") or stripe_key.startswith("rk_live_"):
         if config.get("STRIPE_API_BASE"):

@@ -107,10 +107,10 @@ alter table tokenbill.messages
  * api.begin_agent_request (no role but the owner may write these tables: 0013), which in the
  * same transaction locks and updates that user's row and writes the reserve ledger row, and
  * puts the messages in a conversation it checked (or created) as that user's. So every hold
- * and message names an existing user, and that user can never be deleted while they exist:
- * conversations.user_id and ledger.user_id still reference users. tests/db/
- * test_lean_agent_request.py checks both (a user with a request cannot be deleted; every
- * message's user is its conversation's user).
+ * and message names an existing user, and that user is never deleted: 0020's
+ * users_never_deleted / users_never_truncated triggers (and conversations.user_id still
+ * references users). tests/db/test_lean_agent_request.py checks both (a user with a request
+ * cannot be deleted; every message's user is its conversation's user).
  */
 alter table tokenbill.messages drop constraint messages_user_id_fkey;
 -- messages.conversation_id likewise (two RI queries per request, and a KEY SHARE lock on the
@@ -145,9 +145,9 @@ comment on column tokenbill.messages.conversation_id is
     'The request''s conversation: created or checked as the user''s by api.begin_agent_request in the same transaction. No foreign key since 0021; conversations are never deleted (trigger conversations_kept).';
 alter table tokenbill.agent_holds drop constraint agent_holds_user_id_fkey;
 comment on column tokenbill.messages.user_id is
-    'The conversation''s user (api.begin_agent_request checks it). No foreign key since 0021: the conversation''s and the reserve ledger row''s keep the user.';
+    'The conversation''s user (api.begin_agent_request checks it). No foreign key since 0021: users are never deleted (0020''s users_never_deleted) and the conversation''s key references the user.';
 comment on column tokenbill.agent_holds.user_id is
-    'The user whose balance the hold reserved from. No foreign key since 0021: the reserve ledger row written with it keeps the user.';
+    'The user whose balance the hold reserved from (begin updated that user''s row in the same transaction). No foreign key since 0021: users are never deleted (0020''s users_never_deleted).';
 
 -- ============================================================================================
 -- One partial index of open holds, not two

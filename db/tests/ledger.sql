@@ -2,7 +2,7 @@
 -- Run with the rest of db/tests: pg_prove -d "$DATABASE_URL" db/tests/ (see db/README.md).
 begin;
 create extension if not exists pgtap;
-select plan(12);
+select plan(16);
 
 -- a user to move tokens for (rolled back with everything else)
 select api.register_user('pgtap-ledger@example.test', 'x') as uid \gset
@@ -33,6 +33,23 @@ select throws_ok(format($$select tokenbill.post_entry(%L, 'consumption', -1)$$, 
 select throws_ok(format($$select tokenbill.post_entry(%L, 'consumption', -1, p_request_id => 'r1')$$,
                         :'uid'),
                  '23505', null, 'one consumption per request id (unique index)');
+
+select throws_ok(format($$select tokenbill.post_entry(%L, 'reserve', 3, p_request_id => 'r3')$$, :'uid'),
+                 '23514', null, 'a reserve must be a debit (check function, 0020)');
+select throws_ok(format($$select tokenbill.post_entry(%L, 'admin_adjustment', 1, p_actor_id => %L)$$,
+                        :'uid', :'uid'),
+                 '23514', null, 'an admin adjustment needs a reason (check function, 0020)');
+select is(tokenbill.post_entry(gen_random_uuid(), 'admin_adjustment', 5, p_reason => 'ghost',
+                               p_actor_id => :'uid'),
+          null, 'no user row, no movement: post_entry writes nothing for an unknown user');
+-- 0020 replaced the ledger's foreign keys by construction and a delete guard: check the result
+select is_empty($$select l.id from tokenbill.ledger l
+                   where not exists (select from tokenbill.users u where u.id = l.user_id)
+                      or (l.actor_id is not null
+                          and not exists (select from tokenbill.users u where u.id = l.actor_id))
+                      or (l.payment_id is not null
+                          and not exists (select from tokenbill.payments p where p.id = l.payment_id))$$,
+                'every user, actor and payment a ledger row names exists');
 
 select is_empty('select * from api.ledger_audit()', 'the audit finds no drift');
 

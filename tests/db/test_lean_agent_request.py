@@ -156,20 +156,16 @@ def test_the_user_and_conversation_of_every_request_exist_and_stay(
     conversation = begin(app_conn, user, "new")["conversation_id"]
     begin(app_conn, user, "continued", conversation_id=conversation)
     settle(app_conn, user, "new")
-    owner.execute("begin")
-    try:
-        with pytest.raises(psycopg.errors.ForeignKeyViolation):
-            owner.execute("delete from tokenbill.users where id = %s", [user])
-    finally:
-        owner.execute("rollback")
     for statement in (
+        "delete from tokenbill.users where id = %s",  # 0020's never-delete guard
         "delete from tokenbill.conversations where id = %s",
         "truncate tokenbill.conversations cascade",
     ):
         owner.execute("begin")
         try:
             with pytest.raises(psycopg.Error) as caught:
-                owner.execute(statement, [conversation] if "%s" in statement else [])
+                target = user if "users" in statement else conversation
+                owner.execute(statement, [target] if "%s" in statement else [])
             assert caught.value.sqlstate == "TB001"
         finally:
             owner.execute("rollback")

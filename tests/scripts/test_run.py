@@ -2,7 +2,8 @@
 
 As a new user would (issue 17): `bash scripts/run` once, then in a new shell with nothing
 exported, `flask --app webapp create-admin you@example.com`. The copy has its own .data (so its
-own embedded cluster, on its own port) and shares only .venv with this checkout.
+own embedded cluster, on its own port) and shares only .venv with this checkout. Then it serves:
+the background workers start with the app, once per checkout, and stop with it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import PASSWORD
 from workshop import services
+from workshop.net import free_port
 
 REPO = services.REPO_ROOT
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -74,7 +79,7 @@ def _flask(clone: Path, *args: str, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
-def test_run_setup_then_create_admin_in_a_new_shell(checkout: Path) -> None:
+def test_run_setup_then_create_admin_in_a_new_shell(checkout: Path, stripe_mock_url: str) -> None:
     # A .env copied from .env.example with one value chosen by the user.
     (checkout / ".env").write_text("# mine\nSECRET_KEY=chosen-by-me\nDATABASE_URL=\n")
 
@@ -106,6 +111,104 @@ def test_run_setup_then_create_admin_in_a_new_shell(checkout: Path) -> None:
     assert dotenv_values(env_file) == values
     promoted = _flask(checkout, "create-admin", "you@example.com")
     assert promoted.returncode == 0, promoted.stderr
+
+    # The same cluster serves: the workers run with the app and stop with it.
+    _serve_then_stop(checkout, stripe_mock_url)
+
+
+def _supervisors(clone: Path) -> list[int]:
+    """Live `flask ... workers` processes started from the clone."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"workers" in cmdline and os.readlink(proc / "cwd") == os.fspath(clone):
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(proc.name))
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _serve_then_stop(clone: Path, stripe_mock_url: str) -> None:
+    """`bash scripts/run` as a user starts it (a Stripe key set, so no emulator); a second
+    run while it serves; then Ctrl-C, which the terminal sends to the whole process group."""
+    port = free_port()
+    home = clone.parent / "home"
+    env = {
+        "PATH": CLEAN_PATH,
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PORT": str(port),
+        "STRIPE_SECRET_KEY": "sk_test_tokenbill",
+        "STRIPE_API_BASE": stripe_mock_url,
+    }
+    log = clone / ".data" / "workers.log"
+
+    def workers_log() -> str:
+        return log.read_text() if log.exists() else ""
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["bash", "scripts/run"],
+            cwd=clone,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, like a terminal's foreground job
+        )
+
+    first = start()
+    try:
+        assert _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), workers_log()
+        assert _wait_for(lambda: "workers started" in workers_log(), 30), workers_log()
+        [supervisor] = _supervisors(clone)
+        assert f"workers started (pid {supervisor})" in workers_log()
+
+        # Started twice: the second gunicorn cannot bind and exits; its workers stood by and
+        # went with it, so the loops never ran twice.
+        second = start()
+        _, second_err = second.communicate(timeout=180)
+        assert second.returncode != 0, second_err
+        assert "standing by" in workers_log()
+        assert _wait_for(lambda: _supervisors(clone) == [supervisor], 10), _supervisors(clone)
+        assert workers_log().count("workers started") == 1
+
+        os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
+        first.wait(timeout=60)
+        assert _wait_for(lambda: _supervisors(clone) == [], 15), workers_log()  # no orphan
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        for pid in _supervisors(clone):
+            os.kill(pid, signal.SIGKILL)
+    text = workers_log()
+    assert "workers stopped" in text
+    # the tokenbill_workers login .env names could run every loop it was given
+    assert "pass failed" not in text and "Traceback" not in text, text
+    assert "notify-alerts off: ALERT_WEBHOOK_URL" in text
+    values = dotenv_values(clone / ".env")
+    assert conninfo_to_dict(values["WORKER_DATABASE_URL"] or "")["user"] == "tokenbill_workers"
 
 
 def test_run_setup_writes_a_private_env_file(checkout: Path) -> None:

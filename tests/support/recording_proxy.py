@@ -17,6 +17,7 @@ import http.client
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -59,6 +60,8 @@ class RecordingProxy:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._ids_by_key: dict[str, str] = {}
+        # called with each request before it is forwarded (a test may hold it there)
+        self.on_request: Callable[[RecordedRequest], None] | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._serving = ServerThread(self._server)
@@ -127,7 +130,10 @@ class RecordingProxy:
                 form = dict(parse_qsl(body.decode(), keep_blank_values=True)) if body else {}
                 if "?" in self.path and self.command == "GET":
                     form = dict(parse_qsl(self.path.split("?", 1)[1], keep_blank_values=True))
-                proxy._record(RecordedRequest(self.command, self.path, headers, body, form))
+                recorded = RecordedRequest(self.command, self.path, headers, body, form)
+                proxy._record(recorded)
+                if proxy.on_request is not None:
+                    proxy.on_request(recorded)
 
                 upstream = http.client.HTTPConnection(
                     proxy.upstream_host, proxy.upstream_port, timeout=30

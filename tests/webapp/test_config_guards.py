@@ -61,6 +61,16 @@ def test_emulator_webhook_secret_with_another_stripe_key_is_refused(make_app):
     make_app(STRIPE_WEBHOOK_SECRET="whsec_emulator_local", STRIPE_SECRET_KEY="sk_test_emulator")
 
 
+def test_production_refuses_the_emulators_published_webhook_secret(make_app, production):
+    """With the emulator's key too, outside development anyone who read this repository could
+    sign a payment event (and the emulator answers every charge, auto top-ups included)."""
+    emulator = {
+        "STRIPE_WEBHOOK_SECRET": "whsec_emulator_local",
+        "STRIPE_SECRET_KEY": "sk_test_emulator",
+    }
+    assert "STRIPE_WEBHOOK_SECRET" in refused(make_app, **production, **emulator)
+
+
 @pytest.mark.parametrize(
     "extra", [{"STRIPE_API_BASE": "http://127.0.0.1:12111"}, {"PAYMENTS_SIMULATED": True}]
 )

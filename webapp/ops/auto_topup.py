@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,11 @@ from flask import current_app
 from flask.cli import with_appcontext
 from psycopg.rows import dict_row
 
+from webapp.config import EMULATOR_STRIPE_KEY, is_development
 from webapp.db import connect_as
 from webapp.stripe_gateway import action_url, client_from_config, saved_card
+
+from .connection import worker_url
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +137,30 @@ def run_once(database_url: str, client: stripe.StripeClient, limit: int = 100) -
     return counts
 
 
+def refusal(config: Mapping[str, Any]) -> str | None:
+    """Why no top-up may be charged with these settings, or None when it may.
+
+    Outside development a simulated Stripe (the emulator's key, PAYMENTS_SIMULATED) answers
+    "succeeded" for a card nobody charged, and its webhook would grant the tokens for free.
+    """
+    key = config.get("STRIPE_SECRET_KEY") or ""
+    if not key:
+        return "STRIPE_SECRET_KEY is not set"
+    if not is_development(config) and (
+        key == EMULATOR_STRIPE_KEY or config.get("PAYMENTS_SIMULATED")
+    ):
+        return (
+            "payments are simulated (the emulator's key or PAYMENTS_SIMULATED) and TOKENBILL_ENV"
+            " is not development: no card would really be charged"
+        )
+    return None
+
+
+def summary(counts: Counter[str]) -> str | None:
+    """The outcomes of a pass for the log, or None when nothing was due."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or None
+
+
 @click.command("auto-topup")
 @click.option("--once", is_flag=True, help="One pass over the due top-ups, then exit.")
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between passes.")
@@ -140,14 +168,14 @@ def run_once(database_url: str, client: stripe.StripeClient, limit: int = 100) -
 def command(once: bool, interval: float) -> None:
     """Charge queued auto top-ups off-session (run continuously, or --once from cron)."""
     config = current_app.config
+    refused = refusal(config)
+    if refused:
+        raise click.UsageError(f"auto top-ups are not charged: {refused}")
     client = client_from_config(config)
     while True:
-        counts = run_once(config["DATABASE_URL"], client)
+        counts = run_once(worker_url(config), client)
         if counts or once:
-            click.echo(
-                "auto top-ups: "
-                + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none due")
-            )
+            click.echo(f"auto top-ups: {summary(counts) or 'none due'}")
         if once:
             return
         time.sleep(interval)

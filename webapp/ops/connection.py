@@ -7,8 +7,9 @@ Operator commands connect with MIGRATION_DATABASE_URL when set, else DATABASE_UR
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import click
 import psycopg
@@ -26,6 +27,13 @@ def operator_url() -> str:
         or os.environ.get("MIGRATION_DATABASE_URL")
         or current_app.config["DATABASE_URL"]
     )
+
+
+def worker_url(config: Mapping[str, Any]) -> str:
+    """The database URL of the background loops (webapp/ops/workers.py, auto-topup,
+    notify-alerts): WORKER_DATABASE_URL, the login that may only SET ROLE to the notifier and
+    app roles, else DATABASE_URL. They SET ROLE themselves, never act as this login."""
+    return config.get("WORKER_DATABASE_URL") or config.get("DATABASE_URL") or ""
 
 
 def _where(url: str) -> str:

@@ -6,11 +6,14 @@ the group roles given, and holds nothing until it runs ``SET ROLE`` (webapp.db d
 
     flask --app webapp db-logins --admin-url URL --database-url URL [--prefix tokenbill]
 
-creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin + tokenbill_notifier, for the web app
-and ``notify-alerts``) and ``<prefix>_stripe`` (tokenbill_webhook) and prints
-``export DATABASE_URL=...`` and ``export WEBHOOK_DATABASE_URL=...`` lines for eval. Passwords
-come from --web-password/--stripe-password (WEB_DB_PASSWORD/STRIPE_DB_PASSWORD), else
-.data/db-logins (0600, made once, reused).
+creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin, the web app), ``<prefix>_stripe``
+(tokenbill_webhook) and ``<prefix>_workers`` (tokenbill_notifier + tokenbill_app: the
+background loops claim top-ups and alerts and settle expired agent holds, and cannot make
+admins or apply Stripe events) and prints ``export DATABASE_URL=...``,
+``export WEBHOOK_DATABASE_URL=...`` and ``export WORKER_DATABASE_URL=...`` lines for eval.
+Passwords come from --web-password/--stripe-password/--workers-password
+(WEB_DB_PASSWORD/STRIPE_DB_PASSWORD/WORKERS_DB_PASSWORD), else .data/db-logins (0600, made
+once, reused). A group no longer listed for a login is revoked on the next run.
 """
 
 from __future__ import annotations
@@ -27,8 +30,14 @@ from psycopg.conninfo import make_conninfo
 
 DATA_FILE = Path(__file__).resolve().parents[2] / ".data" / "db-logins"
 GROUPS = {
-    "web": ["tokenbill_app", "tokenbill_admin", "tokenbill_notifier"],
+    "web": ["tokenbill_app", "tokenbill_admin"],
     "stripe": ["tokenbill_webhook"],
+    "workers": ["tokenbill_notifier", "tokenbill_app"],
+}
+EXPORTS = {
+    "web": "DATABASE_URL",
+    "stripe": "WEBHOOK_DATABASE_URL",
+    "workers": "WORKER_DATABASE_URL",
 }
 
 
@@ -75,7 +84,7 @@ def _save(path: Path, passwords: dict[str, str]) -> None:
 def make_logins(
     admin_url: str, database_url: str, prefix: str, given: dict[str, str | None]
 ) -> dict[str, str]:
-    """Ensure both logins; return their connection URLs by duty (web, stripe)."""
+    """Ensure every login; return their connection URLs by duty (web, stripe, workers)."""
     stored = {} if all(given.values()) else _passwords(DATA_FILE)
     urls = {}
     for suffix, groups in GROUPS.items():
@@ -94,15 +103,17 @@ def make_logins(
 @click.option("--prefix", default="tokenbill", show_default=True)
 @click.option("--web-password", envvar="WEB_DB_PASSWORD")
 @click.option("--stripe-password", envvar="STRIPE_DB_PASSWORD")
+@click.option("--workers-password", envvar="WORKERS_DB_PASSWORD")
 def command(
     admin_url: str,
     database_url: str,
     prefix: str,
     web_password: str | None,
     stripe_password: str | None,
+    workers_password: str | None,
 ) -> None:
     """Create the app's NOINHERIT logins; print `export ...` lines for eval."""
-    given = {"web": web_password, "stripe": stripe_password}
+    given = {"web": web_password, "stripe": stripe_password, "workers": workers_password}
     urls = make_logins(admin_url, database_url, prefix, given)
-    click.echo(f"export DATABASE_URL={shlex.quote(urls['web'])}")
-    click.echo(f"export WEBHOOK_DATABASE_URL={shlex.quote(urls['stripe'])}")
+    for duty, variable in EXPORTS.items():
+        click.echo(f"export {variable}={shlex.quote(urls[duty])}")

@@ -26,6 +26,8 @@ from psycopg.rows import dict_row
 from webapp.db import connect_as
 from webapp.signing import signature_header
 
+from .connection import worker_url
+
 log = logging.getLogger("tokenbill.alerts")
 
 
@@ -98,11 +100,13 @@ def run_once(
 def command(once: bool, interval: float) -> None:
     """Post low-balance alerts to ALERT_WEBHOOK_URL, signed; retry failed ones."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    database_url = current_app.config.get("DATABASE_URL") or ""
+    database_url = worker_url(current_app.config)
     url = os.environ.get("ALERT_WEBHOOK_URL", "")
     secret = os.environ.get("ALERT_WEBHOOK_SECRET", "")
     if not (database_url and url and secret):
-        raise click.UsageError("set DATABASE_URL, ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET")
+        raise click.UsageError(
+            "set DATABASE_URL (or WORKER_DATABASE_URL), ALERT_WEBHOOK_URL and ALERT_WEBHOOK_SECRET"
+        )
     while True:
         sent, failed = run_once(database_url, url, secret)
         if sent or failed:

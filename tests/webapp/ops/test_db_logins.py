@@ -23,11 +23,12 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
                 "--prefix", prefix,
                 "--web-password", "pw-web",
                 "--stripe-password", "pw-stripe",
+                "--workers-password", "pw-workers",
             ]
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         exports = dict(shlex.split(line)[1].split("=", 1) for line in result.output.splitlines())
-        assert set(exports) == {"DATABASE_URL", "WEBHOOK_DATABASE_URL"}
+        assert set(exports) == {"DATABASE_URL", "WEBHOOK_DATABASE_URL", "WORKER_DATABASE_URL"}
         with psycopg.connect(admin_url) as conn:
             rows = conn.execute(
                 "select u.rolname, u.rolsuper, u.rolinherit, u.rolcreaterole,"
@@ -39,16 +40,14 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
             ).fetchall()
         assert rows == [
             (f"{prefix}_stripe", False, False, False, ["tokenbill_webhook"]),
-            (
-                f"{prefix}_web",
-                False,
-                False,
-                False,
-                ["tokenbill_admin", "tokenbill_app", "tokenbill_notifier"],
-            ),
+            (f"{prefix}_web", False, False, False, ["tokenbill_admin", "tokenbill_app"]),
+            # the background loops: no admin, no Stripe events
+            (f"{prefix}_workers", False, False, False, ["tokenbill_app", "tokenbill_notifier"]),
         ]
         with psycopg.connect(exports["WEBHOOK_DATABASE_URL"]) as conn:
             assert conn.execute("select current_user").fetchone() == (f"{prefix}_stripe",)
+        with psycopg.connect(exports["WORKER_DATABASE_URL"]) as conn:
+            assert conn.execute("select current_user").fetchone() == (f"{prefix}_workers",)
         # run again: same logins, memberships unchanged (idempotent)
         db_logins.ensure_login(admin_url, f"{prefix}_web", "pw-web", ["tokenbill_app"])
         with psycopg.connect(admin_url) as conn:
@@ -61,7 +60,7 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
         assert groups == (["tokenbill_app"],)  # a group no longer listed is revoked
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            for suffix in ("web", "stripe"):
+            for suffix in ("web", "stripe", "workers"):
                 conn.execute(
                     sql.SQL("drop role if exists {}").format(sql.Identifier(f"{prefix}_{suffix}"))
                 )
