@@ -320,7 +320,7 @@ def api_agent():
     except Exception as exc:  # a broken LLM setup: refuse before reserving anything
         log.error("agent unavailable: %s", type(exc).__name__)
         return _json({"error": FAILED, "balance": user.balance}, 502)
-    row = db.fetch_one(
+    row = db.call(
         "select * from api.begin_agent_request(%s, %s, %s, %s, %s, %s, %s)",
         [
             user.id,
@@ -355,7 +355,12 @@ def api_agent():
         user.id, request_id, row["conversation_id"], message, row["balance"], row["price"]
     )
     try:
-        history = bounded_history(db, call, int(config["AGENT_HISTORY_CHARS"]))
+        # a conversation this request started has no earlier exchange: no query for it
+        history = (
+            bounded_history(db, call, int(config["AGENT_HISTORY_CHARS"]))
+            if conversation_id is not None
+            else []
+        )
     except psycopg.Error as exc:
         settled = settle(db, call, "failed", [], f"history: {exc.sqlstate}")
         fields = _ended(settled)[1] if settled else {"error": UNSAVED}

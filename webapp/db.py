@@ -149,16 +149,21 @@ class Database:
             yield conn  # type: ignore[misc]
 
     def call(
-        self, query: str, params: Sequence[Any] = (), timeout: float | None = None
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] = (),
+        timeout: float | None = None,
     ) -> Row | None:
         """Run one statement as its own transaction and return its first row.
 
         For a single call of a database function (atomic by itself): the statement runs in
         autocommit, so it costs one round trip instead of three (BEGIN, the call, COMMIT).
-        Behind a transaction pooler, or in a request that chose a narrower role, the role is
-        set per transaction, so it takes connection()'s transaction as before.
+        When the transaction must start with ``SET LOCAL ROLE`` (a request that chose a
+        narrower role, or behind a transaction pooler) it runs inside connection()'s
+        transaction instead, exactly as fetch_one.
         """
-        if self.transaction_pooler or (self.request_roles and has_request_context()):
+        local_role = self.request_roles and has_request_context() and g.get("db_local_role")
+        if local_role or self.transaction_pooler:
             with self.connection(timeout=timeout) as conn:
                 return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
         with self.pool.connection(timeout=timeout) as conn:

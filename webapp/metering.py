@@ -122,7 +122,7 @@ def settle(
             len(parts),
         )
     try:
-        row = db.fetch_one(
+        row = db.call(
             "select * from api.settle_agent_request(%s, %s, %s, %s, %s, %s, %s)",
             [
                 call.user_id,
@@ -144,7 +144,7 @@ def settle(
 
 
 def _record_delivery(db: Database, call: AgentCall, parts: int, chars: int) -> bool:
-    row = db.fetch_one(
+    row = db.call(
         "select api.record_agent_delivery(%s, %s, %s, %s, %s) as held",
         [call.user_id, call.request_id, parts, chars, call.input_chars],
     )
@@ -167,6 +167,29 @@ async def _produce(
         await queue.put(_END)
 
 
+def _run_whole(
+    agent: ChatAgent, history: Sequence[Turn], message: str, timeout: float, parts: list[str]
+) -> tuple[str, str | None]:
+    """Run the agent to its end in one pass of one event loop, collecting its deltas into
+    ``parts`` (kept when it times out or fails part-way). For a JSON answer nothing reaches
+    the client before the end, so nothing needs recording between deltas; returns
+    (outcome, error) as settle wants them."""
+
+    async def run() -> None:
+        async for delta in agent.stream(history, message):
+            if delta:
+                parts.append(str(delta))
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), timeout))
+    except TimeoutError:
+        return "timeout", "timed out"
+    except Exception as exc:
+        log.warning("agent request failed: %s", type(exc).__name__)
+        return "failed", f"{type(exc).__name__}: {exc}"
+    return "done", None
+
+
 async def collect(agent: ChatAgent, history: Sequence[Turn], message: str) -> str:
     """The whole reply, unmetered (the benchmark's control route)."""
     return "".join([delta async for delta in agent.stream(history, message)])
@@ -185,16 +208,23 @@ def metered(
 
     ``streamed``: each delta goes to the client as soon as it is yielded, so its delivery is
     recorded first (the first at once, then every PROGRESS_EVERY_SECONDS), and closing the
-    generator (the client left) settles the call as 'disconnected'. Either way the database
-    charges when anything was delivered and releases otherwise.
+    generator (the client left) settles the call as 'disconnected'. Otherwise (a JSON answer)
+    the agent runs to its end in one pass (``_run_whole``), then its deltas are yielded. Either
+    way the database charges when anything was delivered and releases otherwise.
     """
+    if not streamed:
+        parts: list[str] = []
+        outcome, error = _run_whole(agent, history, call.message, timeout, parts)
+        yield from parts
+        yield settle(db, call, outcome, parts, error)
+        return
     loop = asyncio.new_event_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
     # one task runs the whole agent stream: its context managers must enter and exit in the
     # same task; this generator only waits on the queue, with the deadline
     producer = loop.create_task(_produce(agent, history, call.message, queue))
     deadline = loop.time() + timeout
-    parts: list[str] = []
+    parts = []
     chars = 0
     recorded_at: float | None = None
     outcome, error = "done", None
@@ -210,7 +240,7 @@ def metered(
             if not delta:
                 continue
             now = time.monotonic()
-            if streamed and (recorded_at is None or now - recorded_at >= PROGRESS_EVERY_SECONDS):
+            if recorded_at is None or now - recorded_at >= PROGRESS_EVERY_SECONDS:
                 if not _record_delivery(db, call, len(parts) + 1, chars + len(delta)):
                     outcome, error = "timeout", "the hold expired while answering"
                     break

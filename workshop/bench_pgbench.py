@@ -12,8 +12,11 @@ Paths (the pgbench scripts are in workshop/pgbench/, one file each):
 - ``seed``: the seed's reference path (read the balance, then its plpgsql
   deduct_token_if_sufficient), copied into the scratch schema ``bench``;
 - ``consume``: api.consume;
-- ``agent``: one agent request's DB work as webapp/metering.py does it, acting as
-  tokenbill_app: api.begin_agent_request then api.settle_agent_request;
+- ``agent_continue``: one agent request's DB work as webapp/metering.py does it, acting as
+  tokenbill_app: api.begin_agent_request then api.settle_agent_request, continuing the
+  account's conversation (the loader makes one per account, like the seed's session) — the
+  like-for-like comparison with ``seed_agent``;
+- ``agent``: the same, starting a new conversation on every request;
 - ``seed_agent``: the seed's whole agent request (its billing + one INSERT per message).
 
 Each runs on one hot account and spread over N accounts (1,000 by default). With
@@ -73,7 +76,9 @@ PATHS = [
     BenchPath("seed", "the seed's reference path (SELECT, then its plpgsql function)",
               ledger=False),
     BenchPath("consume", "api.consume"),
-    BenchPath("agent", "agent request: begin_agent_request + settle_agent_request", APP_ROLE),
+    BenchPath("agent_continue", "agent request, existing conversation: begin + settle",
+              APP_ROLE),
+    BenchPath("agent", "agent request, new conversation: begin + settle", APP_ROLE),
     BenchPath("seed_agent", "the seed's whole agent request (billing + 2 message inserts)",
               ledger=False),
 ]  # fmt: skip
@@ -81,7 +86,9 @@ GOALS = [
     # (numerator, denominator, what, hot target, spread target)
     ("consume", "seed", "api.consume / seed path", 1.1, 1.3),
     ("consume", "one_statement", "api.consume / one statement", 0.9, 0.9),
-    ("agent", "seed_agent", "agent request / seed's whole agent request", None, 1.5),
+    # like for like: both write into an existing conversation / session
+    ("agent_continue", "seed_agent", "agent request / seed's whole agent request", None, 1.5),
+    ("agent", "seed_agent", "agent request, new conversation / seed's (no target)", None, None),
 ]
 TABLE_HEADERS = ["path", "hot tps", "×raw", "spread tps", "×raw", "runs", "failed"]
 GOAL_HEADERS = ["ratio (same run)", "hot", "target", "spread", "target"]
@@ -157,6 +164,11 @@ def load(url: str, accounts: int) -> None:
         conn.execute(
             f"insert into bench.conversations (session_id, user_id)"  # type: ignore[arg-type]
             f" select {uid}::text || '~bench', {uid} from generate_series(0, %s) g",
+            [accounts],
+        )
+        conn.execute(
+            f"insert into tokenbill.conversations (id, user_id, title)"  # type: ignore[arg-type]
+            f" select {uid}, {uid}, 'pgbench conversation' from generate_series(0, %s) g",
             [accounts],
         )
         conn.execute("vacuum (analyze)")
@@ -253,7 +265,7 @@ def report(
         ]
         goals.append([
             what, values[0], f"≥ {hot_target}" if hot_target else "-",
-            values[1], f"≥ {spread_target}",
+            values[1], f"≥ {spread_target}" if spread_target else "-",
         ])  # fmt: skip
     return format_table(TABLE_HEADERS, rows), format_table(GOAL_HEADERS, goals)
 

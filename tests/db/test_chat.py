@@ -91,15 +91,19 @@ def test_settle_done_charges_and_replay_is_free(owner, app_conn, make_user):
     assert (again["outcome"], again["status"], again["reply"]) == ("replayed", "done", "the answer")
     assert again["conversation_id"] == first["conversation_id"] and again["charged"] == 1
     assert balance_of(app_conn, user) == 2
-    assert kinds(app_conn, user) == ["admin_adjustment", "reserve", "settle"]
+    assert kinds(app_conn, user) == ["admin_adjustment", "reserve"]
     rows = app_conn.execute(
         "select kind, delta, reason from api.ledger_entries"
         " where user_id = %s and request_id = 'r1' order by id",
         [user],
     ).fetchall()
-    # what a DBA reads: the reservation, then the settlement returning nothing of it
-    assert [(r["kind"], r["delta"]) for r in rows] == [("reserve", -1), ("settle", 0)]
-    assert "charged 1 of 1 reserved" in rows[1]["reason"]
+    # what a DBA reads: the reservation, all of it charged (0021: no 0-delta settle row; the
+    # hold says how it ended)
+    assert [(r["kind"], r["delta"]) for r in rows] == [("reserve", -1)]
+    hold = app_conn.execute(
+        "select status, charged, outcome from api.agent_holds where user_id = %s", [user]
+    ).fetchone()
+    assert (hold["status"], hold["charged"], hold["outcome"]) == ("settled", 1, "done")
     assert audit(owner) == []
 
 
@@ -109,7 +113,7 @@ def test_the_same_key_with_another_body_is_a_mismatch_and_free(app_conn, make_us
     settle(app_conn, user, "r1")
     other = begin(app_conn, user, "r1", "question two")
     assert (other["outcome"], other["reply"], other["balance"]) == ("mismatch", None, 2)
-    assert kinds(app_conn, user) == ["admin_adjustment", "reserve", "settle"]
+    assert kinds(app_conn, user) == ["admin_adjustment", "reserve"]
 
 
 def test_replay_while_pending_reports_pending(app_conn, make_user):
@@ -168,7 +172,7 @@ def test_expire_first_then_a_late_settle_changes_nothing(owner, app_conn, make_u
         1,
     )
     assert balance_of(app_conn, user) == 1
-    assert kinds(app_conn, user) == ["admin_adjustment", "reserve", "settle"]
+    assert kinds(app_conn, user) == ["admin_adjustment", "reserve"]
     assert deliver(app_conn, user, "r1", parts=4) is False  # the stream is told to stop
     assert audit(owner) == []
 
@@ -194,7 +198,7 @@ def test_settle_first_then_expire_changes_nothing(owner, app_conn, make_user):
     assert expire(app_conn) == 0
     assert assistant(app_conn, user, "r1")["status"] == "done"
     assert balance_of(app_conn, user) == 1
-    assert kinds(app_conn, user) == ["admin_adjustment", "reserve", "settle"]
+    assert kinds(app_conn, user) == ["admin_adjustment", "reserve"]
 
 
 def test_settle_racing_expire_settles_once(database_url, owner, make_user):
@@ -223,11 +227,17 @@ def test_settle_racing_expire_settles_once(database_url, owner, make_user):
             future.result()
     assert open_holds(owner, user) == 0
     closes = owner.execute(
-        "select count(*) as n from api.ledger_entries where user_id = %s"
-        " and kind in ('settle', 'release')",
+        "select count(*) filter (where kind = 'release') as releases,"
+        " count(*) filter (where kind = 'settle') as settles"
+        " from api.ledger_entries where user_id = %s",
+        [user],
+    ).fetchone()
+    released = owner.execute(
+        "select count(*) as n from api.agent_holds where user_id = %s and status = 'released'",
         [user],
     ).fetchone()["n"]
-    assert closes == 20
+    # one release row per released hold; a hold charged all it reserved needs no settle row
+    assert (closes["releases"], closes["settles"]) == (released, 0)
     charged = owner.execute(
         "select sum(charged) as s from api.agent_holds where user_id = %s", [user]
     ).fetchone()["s"]

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("ledger_stays_consistent")
 FUNCTION = "agent-meter"
 
 
-CHARGED = ["admin_adjustment", "reserve", "settle"]
+CHARGED = ["admin_adjustment", "reserve"]  # charged all it reserved: no settle row (0021)
 RELEASED = ["admin_adjustment", "reserve", "release"]
 
 

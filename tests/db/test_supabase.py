@@ -345,7 +345,7 @@ def test_agent_meter_on_supabase_layout_reserves_and_settles(
             )
         ]
         assert conn.execute("select * from api.ledger_audit()").fetchall() == []
-    assert kinds == ["admin_adjustment", "reserve", "settle"]
+    assert kinds == ["admin_adjustment", "reserve"]
 
 
 def test_each_login_does_only_its_own_functions_work(

@@ -56,7 +56,7 @@ def test_session_call_answers_and_charges_one_token(app, owner, member):
     assert body["reply"].startswith(LABEL) and "What is tokenbill?" in body["reply"]
     assert body["balance"] == 2 and response.headers["X-Token-Balance"] == "2"
     assert balance_of(owner, user) == 2
-    assert ledger_kinds(owner, user) == ["admin_adjustment", "reserve", "settle"]
+    assert ledger_kinds(owner, user) == ["admin_adjustment", "reserve"]
     assert (body["price"], body["cost"]) == (1, 1)
     stored = owner.execute(
         "select role, content, status from api.messages where conversation_id = %s order by id",
@@ -134,7 +134,8 @@ def test_64_concurrent_calls_on_10_tokens_serve_exactly_10(make_app, owner, memb
     assert statuses.count(200) == 10
     assert statuses.count(402) == 54
     assert balance_of(owner, user) == 0
-    assert ledger_kinds(owner, user).count("settle") == 10
+    assert ledger_kinds(owner, user).count("reserve") == 10
+    assert "release" not in ledger_kinds(owner, user)
     assert audit(owner) == []
 
 

@@ -1,5 +1,12 @@
-"""Database.call: one statement in autocommit (the webhook's one round trip), leaving the pooled
-connection as every other caller expects it (in transaction mode)."""
+"""Database.call: a DB function call that is its own transaction costs one round trip.
+
+The webhook's one call and the agent endpoint's begin and settle (and each delivery record)
+are single statements that PostgreSQL runs atomically; wrapping them in BEGIN … COMMIT only
+added two round trips per call. What must not change: the statement is still atomic and
+committed at once, a pool connection goes back in its usual (transactional) mode, a request
+that acts as a narrower role still gets its ``SET LOCAL ROLE`` inside a transaction, and a
+connection that died in steady use costs one failed call, never a wrong answer.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,18 @@ import time
 
 import psycopg
 import pytest
+from flask import Flask
 
-from webapp.db import WEBHOOK_PING_AFTER_IDLE_SECONDS, get_db, get_webhook_db
+from webapp.db import (
+    ADMIN_ROLE,
+    WEBHOOK_PING_AFTER_IDLE_SECONDS,
+    Database,
+    get_db,
+    get_webhook_db,
+    use_role,
+)
+
+ALONE = "select now() = statement_timestamp() as alone, current_user::text as who"
 
 
 def test_call_commits_its_statement_and_gives_the_connection_back_transactional(make_app, owner):
@@ -62,3 +79,23 @@ def test_the_app_pool_pings_every_checkout(make_app, owner):
             pid = conn.execute("select pg_backend_pid() as pid").fetchone()["pid"]
         _kill_backend(owner, pid)
         assert db.fetch_one("select 1 as one") == {"one": 1}  # the dead one was replaced
+
+
+def test_a_call_is_one_statement_without_a_transaction_around_it(database_url: str) -> None:
+    db = Database(database_url, "tokenbill_app")
+    db.open()
+    try:
+        # a transaction's now() is its start: equal to the statement's only when nothing
+        # (no separate BEGIN) came first
+        assert db.call(ALONE) == {"alone": True, "who": "tokenbill_app"}
+        assert db.fetch_one(ALONE) == {"alone": False, "who": "tokenbill_app"}
+        with db.connection() as conn:
+            assert conn.autocommit is False  # the pool's connections stay transactional
+    finally:
+        db.close()
+
+
+def test_a_call_in_a_request_with_a_narrower_role_runs_in_its_transaction(app: Flask) -> None:
+    with app.test_request_context("/"):
+        use_role(ADMIN_ROLE)
+        assert get_db().call(ALONE) == {"alone": False, "who": ADMIN_ROLE}

@@ -1,0 +1,288 @@
+"""0021's leaner agent request keeps its guarantees where it does less.
+
+Adversaries: a settle that moves no money no longer locks the user, so it must not be able to
+deadlock with (or double-settle against) the expiry that a new request of the same user runs
+under that lock; a compromised owner session writing hold or message rows behind the
+functions' back must still be refused by the one CHECK per table, rule by rule, and caught by
+the audit when it forges ledger rows.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+
+from tests.conftest import audit, balance_of, connect_as_app, connect_owner
+from tests.support.agents import begin_request as begin
+from tests.support.agents import make_overdue, open_holds
+
+
+def settle(conn, user, request_id, outcome="done", reply="the answer"):
+    return conn.execute(
+        "select * from api.settle_agent_request(%s, %s, %s, %s, 10, %s)",
+        [user, request_id, outcome, reply, None if outcome == "done" else "boom"],
+    ).fetchone()
+
+
+def ledger(conn, user) -> list[tuple[str, int]]:
+    rows = conn.execute(
+        "select kind::text as kind, delta from tokenbill.ledger where user_id = %s order by id",
+        [user],
+    ).fetchall()
+    return [(r["kind"], r["delta"]) for r in rows]
+
+
+def test_a_full_price_settle_moves_no_money_and_needs_no_user_lock(
+    database_url: str, owner: psycopg.Connection, make_user: Callable[..., uuid.UUID]
+) -> None:
+    user = make_user(balance=3)
+    with connect_as_app(database_url) as app:
+        begin(app, user, "full")
+        begin(app, user, "nothing")
+        locker = connect_owner(database_url)
+        locker.autocommit = False
+        locker.execute("select 1 from tokenbill.users where id = %s for update", [user])
+        try:
+            app.execute("set lock_timeout = '2s'")
+            row = settle(app, user, "full")  # would wait on the user's row before 0021
+            assert (row["status"], row["message_status"], row["charged"]) == ("settled", "done", 1)
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                settle(app, user, "nothing", "failed", reply="")  # a release moves money: waits
+        finally:
+            locker.rollback()
+            locker.close()
+        assert settle(app, user, "nothing", "failed", reply="")["charged"] == 0
+    assert ledger(owner, user)[1:] == [("reserve", -1), ("reserve", -1), ("release", 1)]
+    assert balance_of(owner, user) == 2
+    assert audit(owner) == []
+
+
+def test_a_per_size_price_below_its_maximum_returns_the_rest(
+    owner: psycopg.Connection, app_conn: psycopg.Connection, make_user: Callable[..., uuid.UUID]
+) -> None:
+    owner.execute(
+        "insert into tokenbill.prices (agent, per_call, per_1k_output, max_per_call)"
+        " values ('sized', 1, 1000, 5)"
+    )
+    user = make_user(balance=10)
+    begin(app_conn, user, "small", agent="sized")
+    row = settle(app_conn, user, "small", reply="abcd")  # 1 output token: 1 + 1 = 2 of 5
+    assert row["charged"] == 2
+    begin(app_conn, user, "big", agent="sized")
+    assert settle(app_conn, user, "big", reply="x" * 400)["charged"] == 5  # capped: no row
+    assert ledger(owner, user)[1:] == [("reserve", -5), ("settle", 3), ("reserve", -5)]
+    assert balance_of(owner, user) == 3
+    assert audit(owner) == []
+
+
+def test_settle_leaves_the_conversation_row_alone(
+    owner: psycopg.Connection, app_conn: psycopg.Connection, make_user: Callable[..., uuid.UUID]
+) -> None:
+    """The conversation is touched once per request, when it begins."""
+    user = make_user(balance=2)
+    conversation = begin(app_conn, user, "r1")["conversation_id"]
+    version = "select xmin::text as v, updated_at from tokenbill.conversations where id = %s"
+    before = owner.execute(version, [conversation]).fetchone()
+    settle(app_conn, user, "r1")
+    assert owner.execute(version, [conversation]).fetchone() == before
+    begin(app_conn, user, "r2", conversation_id=conversation)
+    assert owner.execute(version, [conversation]).fetchone()["updated_at"] > before["updated_at"]
+
+
+@pytest.mark.parametrize("racer", ["sweep", "next_request"])
+def test_fast_settles_racing_the_expiry_settle_once_without_deadlock(
+    database_url: str,
+    owner: psycopg.Connection,
+    make_user: Callable[..., uuid.UUID],
+    racer: str,
+) -> None:
+    """The expiry runs under the user's lock (sweep, or a new request of the same user);
+    lock-free settles of the same holds run at the same moment: each hold closes once."""
+    user = make_user(balance=60)
+    with connect_as_app(database_url) as conn:
+        for i in range(25):
+            begin(conn, user, f"race-{i}")
+            if i % 2:
+                conn.execute(
+                    "select api.record_agent_delivery(%s, %s, 1, 5, 10)", [user, f"race-{i}"]
+                )
+    make_overdue(owner, user)
+    barrier = threading.Barrier(2)
+
+    def settle_all() -> None:
+        with connect_as_app(database_url) as conn:
+            barrier.wait()
+            for i in reversed(range(25)):
+                settle(conn, user, f"race-{i}")
+
+    def expire_all() -> None:
+        with connect_as_app(database_url) as conn:
+            barrier.wait()
+            if racer == "sweep":
+                conn.execute("select api.expire_agent_holds()")
+            else:
+                begin(conn, user, "the-next-request")
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(settle_all), pool.submit(expire_all)]:
+            future.result()  # a deadlock would raise here
+    expected_open = 1 if racer == "next_request" else 0
+    assert open_holds(owner, user) == expected_open
+    closed = owner.execute(
+        "select count(*) filter (where status = 'released') as released,"
+        " coalesce(sum(charged), 0) as charged from tokenbill.agent_holds"
+        " where user_id = %s and request_id like 'race-%%'",
+        [user],
+    ).fetchone()
+    releases = [k for k, _ in ledger(owner, user) if k == "release"]
+    assert len(releases) == closed["released"]
+    assert ("settle", 0) not in ledger(owner, user)
+    assert balance_of(owner, user) == 60 - closed["charged"] - expected_open
+    assert audit(owner) == []
+
+
+def test_the_user_and_conversation_of_every_request_exist_and_stay(
+    owner: psycopg.Connection, app_conn, make_user
+) -> None:
+    """What replaced the foreign keys of messages (user, conversation) and agent_holds (user)
+    (0021): nothing deletes the user or the conversation, and begin writes only rows whose
+    conversation is the user's."""
+    user = make_user(balance=3)
+    conversation = begin(app_conn, user, "new")["conversation_id"]
+    begin(app_conn, user, "continued", conversation_id=conversation)
+    settle(app_conn, user, "new")
+    for statement in (
+        "delete from tokenbill.users where id = %s",  # 0020's never-delete guard
+        "delete from tokenbill.conversations where id = %s",
+        "truncate tokenbill.conversations cascade",
+    ):
+        owner.execute("begin")
+        try:
+            with pytest.raises(psycopg.Error) as caught:
+                target = user if "users" in statement else conversation
+                owner.execute(statement, [target] if "%s" in statement else [])
+            assert caught.value.sqlstate == "TB001"
+        finally:
+            owner.execute("rollback")
+    strays = owner.execute(
+        "select (select count(*) from tokenbill.messages m"
+        "         left join tokenbill.conversations c on c.id = m.conversation_id"
+        "        where c.user_id is distinct from m.user_id) as messages,"
+        "       (select count(*) from tokenbill.agent_holds h"
+        "        where not exists (select from tokenbill.users u where u.id = h.user_id)"
+        "           or not exists (select from tokenbill.ledger l where l.user_id = h.user_id"
+        "                           and l.request_id = h.request_id and l.kind = 'reserve'))"
+        "        as holds"
+    ).fetchone()
+    assert strays == {"messages": 0, "holds": 0}
+
+
+def test_another_users_conversation_stays_refused(app_conn, make_user) -> None:
+    """The owner check moved into the price lookup; it still refuses, also without tokens."""
+    owner_of_it, intruder, broke = make_user(balance=2), make_user(balance=2), make_user()
+    conversation = begin(app_conn, owner_of_it, "mine")["conversation_id"]
+    for user in (intruder, broke):
+        with pytest.raises(psycopg.Error) as caught:
+            begin(app_conn, user, "theirs", conversation_id=conversation)
+        assert caught.value.sqlstate == "TB002"
+    assert balance_of(app_conn, intruder) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# One CHECK per table, every rule
+# --------------------------------------------------------------------------------------------
+HOLD_BREAKS = {
+    "empty request id": "request_id = ''",
+    "request id over 200": "request_id = repeat('x', 201)",
+    "empty request hash": "request_hash = ''",
+    "request hash over 200": "request_hash = repeat('x', 201)",
+    "nothing reserved": "reserved = 0",
+    "unknown status": "status = 'lost'",
+    "negative input": "input_chars = -1",
+    "negative parts": "delivered_parts = -1",
+    "negative chars": "delivered_chars = -1",
+    "held but settled_at": "settled_at = now()",
+    "held but charged": "charged = 0",
+    "settled without settled_at": "status = 'settled', charged = 1",
+    "settled without charged": "status = 'settled', settled_at = now()",
+    "settled above reserved": "status = 'settled', settled_at = now(), charged = 2",
+    "settled below zero": "status = 'settled', settled_at = now(), charged = -1",
+    "released but charged": "status = 'released', settled_at = now(), charged = 1",
+    "released without settled_at": "status = 'released', charged = 0",
+}
+HOLD_OK = {
+    "settled in full": "status = 'settled', settled_at = now(), charged = 1",
+    "settled for nothing": "status = 'settled', settled_at = now(), charged = 0",
+    "released": "status = 'released', settled_at = now(), charged = 0",
+}
+MESSAGE_BREAKS = {
+    "empty request id": "request_id = ''",
+    "request id over 200": "request_id = repeat('x', 201)",
+    "free message": "cost = 0",
+    "unknown role": "role = 'system'",
+    "unknown status": "status = 'lost'",
+    "pending user message": "status = 'pending' where role = 'user' and true",
+}
+
+
+@pytest.fixture
+def one_hold(owner: psycopg.Connection, app_conn, make_user) -> uuid.UUID:
+    user = make_user(balance=1)
+    begin(app_conn, user, "r1")
+    return user
+
+
+@pytest.mark.parametrize("change", HOLD_BREAKS.values(), ids=HOLD_BREAKS.keys())
+def test_every_hold_rule_is_checked(owner: psycopg.Connection, one_hold, change: str) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation) as caught:
+        owner.execute(f"update tokenbill.agent_holds set {change} where user_id = %s", [one_hold])
+    assert caught.value.diag.constraint_name == "agent_holds_valid"
+
+
+@pytest.mark.parametrize("change", HOLD_OK.values(), ids=HOLD_OK.keys())
+def test_every_valid_hold_state_passes(owner: psycopg.Connection, one_hold, change: str) -> None:
+    owner.execute("begin")
+    try:
+        owner.execute(f"update tokenbill.agent_holds set {change} where user_id = %s", [one_hold])
+    finally:
+        owner.execute("rollback")
+
+
+@pytest.mark.parametrize("change", MESSAGE_BREAKS.values(), ids=MESSAGE_BREAKS.keys())
+def test_every_message_rule_is_checked(owner: psycopg.Connection, one_hold, change: str) -> None:
+    statement, _, condition = change.partition(" where ")
+    where = f"user_id = %s and ({condition or 'true'})"
+    with pytest.raises(psycopg.errors.CheckViolation) as caught:
+        owner.execute(f"update tokenbill.messages set {statement} where {where}", [one_hold])
+    assert caught.value.diag.constraint_name == "messages_valid"
+
+
+def test_the_audit_catches_a_second_close_of_a_full_price_settle(
+    owner: psycopg.Connection, app_conn, make_user
+) -> None:
+    """No settle row is expected when a request charged all it reserved; a forged one that
+    moves money (or a second one) is still reported."""
+    user = make_user(balance=3)
+    begin(app_conn, user, "r1")
+    settle(app_conn, user, "r1")
+    assert audit(owner) == []
+    owner.execute("begin")  # forged rows never stay in the shared database
+    try:
+        owner.execute(
+            "select tokenbill.post_entry(%s, 'settle', 0, p_request_id => 'r1', p_reason => 'x')",
+            [user],
+        )
+        assert audit(owner) == []  # a 0-delta settle row: how 0014-0020 recorded it
+        owner.execute(
+            "select tokenbill.post_entry(%s, 'settle', 1, p_request_id => 'r1', p_reason => 'x')",
+            [user],
+        )
+        problems = [p for p in audit(owner) if p["request_id"] == "r1"]
+        assert problems and "2 settle/release rows" in problems[0]["problem"]
+    finally:
+        owner.execute("rollback")
