@@ -80,16 +80,16 @@ alter table tokenbill.ledger
     drop constraint ledger_actor_id_fkey,
     drop constraint ledger_payment_id_fkey;
 
-/** Users and payments are history: the ledger names them, so they are never deleted. */
+/** Rows that the ledger (or the chat record) names are history: they are never deleted. */
 create function tokenbill.forbid_history_delete() returns trigger
 language plpgsql set search_path = '' as $$
 begin
-    raise exception '% rows are never deleted: the ledger names them', tg_table_name
-        using errcode = 'TB001';
+    raise exception '% rows are never deleted: the ledger and the chat record name them (% refused)',
+        tg_table_name, tg_op using errcode = 'TB001';
 end
 $$;
 comment on function tokenbill.forbid_history_delete() is
-    'Refuses DELETE and TRUNCATE on users and payments, which ledger rows name (0020 replaced the ledger''s foreign keys with this guard).';
+    'Refuses DELETE and TRUNCATE of rows other tables name without a foreign key: users and payments (0020 replaced the ledger''s foreign keys with this guard), conversations (0021).';
 
 create trigger users_never_deleted before delete on tokenbill.users
     for each row execute function tokenbill.forbid_history_delete();

@@ -120,23 +120,14 @@ alter table tokenbill.messages drop constraint messages_user_id_fkey;
 -- does for every conversation (nothing in tokenbill deletes one).
 alter table tokenbill.messages drop constraint messages_conversation_id_fkey;
 
-/** Conversations are never deleted (their messages are the record of what was charged). */
-create function tokenbill.forbid_conversation_delete() returns trigger
-language plpgsql set search_path = '' as $$
-begin
-    raise exception 'conversations are kept with their messages (% refused)', tg_op
-        using errcode = 'TB001';
-end
-$$;
+-- Conversations are never deleted (their messages are the record of what was charged): the
+-- same guard as users and payments (0020).
 create trigger conversations_kept
     before delete on tokenbill.conversations
-    for each row execute function tokenbill.forbid_conversation_delete();
+    for each row execute function tokenbill.forbid_history_delete();
 create trigger conversations_not_truncated
     before truncate on tokenbill.conversations
-    for each statement execute function tokenbill.forbid_conversation_delete();
-revoke all on function tokenbill.forbid_conversation_delete() from public;
-comment on function tokenbill.forbid_conversation_delete() is
-    'Trigger: refuses DELETE and TRUNCATE of conversations (0021: replaces messages.conversation_id''s foreign key as the guard of messages'' conversations).';
+    for each statement execute function tokenbill.forbid_history_delete();
 comment on trigger conversations_kept on tokenbill.conversations is
     'A conversation is never deleted: its messages keep their conversation without a foreign key (0021).';
 comment on trigger conversations_not_truncated on tokenbill.conversations is
