@@ -92,6 +92,14 @@ class Served:
     def log(self) -> str:
         return self.output.decode(errors="replace")
 
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        """The output once it contains ``text``: the function may answer before the thread
+        reading its pipe has seen the line it logged for that request."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.log()
+
 
 @contextmanager
 def serve_function(name: str, **settings: str) -> Iterator[Served]:
