@@ -217,6 +217,21 @@ def run_pgbench(
     return float(tps.group(1)), int(failed.group(1)) if failed else 0
 
 
+# Every table a path UPDATEs. A run leaves dead row versions behind (16 clients on one hot
+# row make thousands a second): how many depends on which paths ran before it, and a page
+# full of them turns the next run's HOT updates into index-writing ones. Vacuumed before every
+# run, each path starts from the same state whatever the order.
+UPDATED_TABLES = (
+    "tokenbill.users", "tokenbill.agent_holds", "tokenbill.messages", "tokenbill.conversations",
+    "bench.raw_accounts", "bench.user_profiles",
+)  # fmt: skip
+
+
+def vacuum_updated_tables(url: str) -> None:
+    with connect_owner(url) as conn:
+        conn.execute(f"vacuum {', '.join(UPDATED_TABLES)}")  # type: ignore[arg-type]
+
+
 def measure(
     targets: Sequence[tuple[str, str, BenchPath]], settings: Settings
 ) -> dict[tuple[str, str], Result]:
@@ -227,6 +242,7 @@ def measure(
         order = list(targets) if round_no % 2 == 0 else list(reversed(targets))
         for scenario, first, last in scenarios:
             for label, url, path in order:
+                vacuum_updated_tables(url)
                 tps, failed = run_pgbench(url, path, first, last, settings)
                 result = results.setdefault((label, scenario), Result())
                 result.runs += 1
