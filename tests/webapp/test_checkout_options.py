@@ -66,6 +66,10 @@ def test_concurrent_first_purchases_record_one_customer(make_app, proxy, owner):
     assert answers == [303, 303]
     customers = {s.form["customer"] for s in proxy.requests_to("POST", SESSIONS)}
     assert len(customers) == 1
+    # stripe-mock answers every create with the same fixture id, so the check that can fail is
+    # the request: every Customer create of this account carries the account's one key
+    keys = {c.header("Idempotency-Key") for c in proxy.requests_to("POST", CUSTOMERS)}
+    assert keys == {f"tokenbill-customer-{actions.user_id(owner)}"}
 
 
 def test_saved_card_only_when_the_buyer_opts_in(make_app, proxy):
