@@ -27,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import balance_of
 from tests.support.agents import create_key, ledger_kinds, make_overdue, open_holds
 from tests.support.edge_functions import Served, postgres_url, serve_function
+from tests.support.polling import wait_for
 from webapp.agent import request_hash
 
 pytestmark = pytest.mark.usefixtures("ledger_stays_consistent")
@@ -123,13 +124,6 @@ class CompletionStub:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def test_a_call_is_charged_once_and_answered(meter, owner, funded):
@@ -346,7 +340,9 @@ def test_a_computed_reply_is_charged_even_when_the_caller_left(database_url, own
                 headers={"Authorization": f"Bearer {key}", "Idempotency-Key": "req-gone"},
                 timeout=(5, 0.5),
             )
-        wait_for(lambda: assistant_status(owner, user, "req-gone") == "done")
+        assert wait_for(lambda: assistant_status(owner, user, "req-gone") == "done", 15.0), (
+            "timed out waiting"
+        )
         replay = call(fn, key, {"message": "hi"}, "req-gone")
 
     assert replay.status_code == 200 and replay.json()["replayed"] is True

@@ -15,9 +15,8 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import PASSWORD
+from tests.support.polling import wait_for
 from workshop import services
 from workshop.net import free_port
 
@@ -131,15 +131,6 @@ def _supervisors(clone: Path) -> list[int]:
     return found
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -180,8 +171,8 @@ def _serve_then_stop(clone: Path, stripe_mock_url: str) -> None:
 
     first = start()
     try:
-        assert _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), workers_log()
-        assert _wait_for(lambda: "workers started" in workers_log(), 30), workers_log()
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 120), workers_log()
+        assert wait_for(lambda: "workers started" in workers_log(), 30), workers_log()
         [supervisor] = _supervisors(clone)
         assert f"workers started (pid {supervisor})" in workers_log()
 
@@ -191,12 +182,12 @@ def _serve_then_stop(clone: Path, stripe_mock_url: str) -> None:
         _, second_err = second.communicate(timeout=180)
         assert second.returncode != 0, second_err
         assert "standing by" in workers_log()
-        assert _wait_for(lambda: _supervisors(clone) == [supervisor], 10), _supervisors(clone)
+        assert wait_for(lambda: _supervisors(clone) == [supervisor], 10), _supervisors(clone)
         assert workers_log().count("workers started") == 1
 
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
         first.wait(timeout=60)
-        assert _wait_for(lambda: _supervisors(clone) == [], 15), workers_log()  # no orphan
+        assert wait_for(lambda: _supervisors(clone) == [], 15), workers_log()  # no orphan
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)

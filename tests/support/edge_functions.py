@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 from psycopg.conninfo import conninfo_to_dict
 
+from tests.support.polling import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = ROOT / "db" / "edge-functions"
 DENO = FUNCTIONS_DIR / "node_modules" / ".bin" / "deno"
@@ -95,9 +97,7 @@ class Served:
     def wait_for(self, text: str, timeout: float = 10.0) -> str:
         """The output once it contains ``text``: the function may answer before the thread
         reading its pipe has seen the line it logged for that request."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: text in self.log(), timeout)
         return self.log()
 
 

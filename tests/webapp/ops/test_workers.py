@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from tests.support.agents import begin_request, make_overdue, open_holds
 from tests.support.auto_topup import only_our_topups, queued  # noqa: F401 (a fixture)
+from tests.support.polling import wait_for
 from tests.support.recording_proxy import RecordedRequest
 from webapp.ops import db_logins
 from webapp.ops.workers import Loop, Supervisor, build_loops, expire_holds, run_pass, take_lock
@@ -33,15 +34,6 @@ pytestmark = pytest.mark.usefixtures("only_our_topups")
 
 INTENTS = "/v1/payment_intents"
 REPO = Path(__file__).resolve().parents[3]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
