@@ -9,40 +9,22 @@ it on a crossing only, and a duplicate consumption row must still be refused.
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable
 
 import psycopg
 import pytest
 
-from tests.conftest import audit, balance_of, connect_owner
+from tests.conftest import audit, balance_of
+from tests.support.consume import twin_while_first_is_open
 
 
 def test_a_twin_waiting_on_the_row_is_replayed_not_charged(
     database_url: str, owner: psycopg.Connection, make_user: Callable[..., uuid.UUID]
 ) -> None:
     user = make_user(balance=5)
-    first = connect_owner(database_url)
-    first.autocommit = False
-    row = first.execute("select * from api.consume(%s, 'twin', 2)", [user]).fetchone()
-    assert row["ok"] and row["balance"] == 3  # charged, not committed: the twin cannot see it
-    result: dict[str, object] = {}
-
-    def twin() -> None:
-        with connect_owner(database_url) as conn:
-            result.update(
-                conn.execute("select * from api.consume(%s, 'twin', 2)", [user]).fetchone()
-            )
-
-    thread = threading.Thread(target=twin)
-    thread.start()
-    time.sleep(0.5)  # the twin is waiting for the user's row
-    assert thread.is_alive()
-    first.commit()
-    first.close()
-    thread.join(10)
+    first, result = twin_while_first_is_open(database_url, user, 2)
+    assert first["ok"] and first["balance"] == 3  # charged, not committed: the twin cannot see it
     assert result == {"ok": True, "balance": 3, "reason": "replayed"}
     assert balance_of(owner, user) == 3
     assert (

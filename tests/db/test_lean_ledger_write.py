@@ -11,15 +11,14 @@ threshold: the copy must follow every way the settings change.
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable
 
 import psycopg
 import pytest
 
-from tests.conftest import audit, balance_of, connect_owner
+from tests.conftest import audit, balance_of
+from tests.support.consume import twin_while_first_is_open
 
 PACKAGE, PRICE = "tokens_100", 500
 
@@ -30,36 +29,15 @@ def ledger_stays_consistent(owner):
     assert audit(owner) == []
 
 
-def _twin_while_first_is_open(database_url: str, user: uuid.UUID, cost: int) -> dict:
-    """Charge request 'twin' in an open transaction, fire the twin, commit the first."""
-    first = connect_owner(database_url)
-    first.autocommit = False
-    assert first.execute("select * from api.consume(%s, 'twin', %s)", [user, cost]).fetchone()["ok"]
-    result: dict[str, object] = {}
-
-    def twin() -> None:
-        with connect_owner(database_url) as conn:
-            result.update(
-                conn.execute("select * from api.consume(%s, 'twin', %s)", [user, cost]).fetchone()
-            )
-
-    thread = threading.Thread(target=twin)
-    thread.start()
-    time.sleep(0.5)  # the twin waits for the user's row
-    assert thread.is_alive()
-    first.commit()
-    first.close()
-    thread.join(10)
-    return result
-
-
 def test_a_twin_of_a_charge_that_took_the_last_tokens_is_replayed(
     database_url: str, owner: psycopg.Connection, make_user: Callable[..., uuid.UUID]
 ) -> None:
     # The twin's UPDATE finds too few tokens once the first commits: it must still answer
     # 'replayed' with the first result, not 'insufficient_tokens'.
     user = make_user(balance=2)
-    assert _twin_while_first_is_open(database_url, user, 2) == {
+    first, twin = twin_while_first_is_open(database_url, user, 2)
+    assert first["ok"]
+    assert twin == {
         "ok": True,
         "balance": 0,
         "reason": "replayed",
@@ -71,7 +49,9 @@ def test_a_twin_that_could_pay_again_gives_its_move_back(
     database_url: str, owner: psycopg.Connection, make_user: Callable[..., uuid.UUID]
 ) -> None:
     user = make_user(balance=10)
-    assert _twin_while_first_is_open(database_url, user, 3) == {
+    first, twin = twin_while_first_is_open(database_url, user, 3)
+    assert first["ok"]
+    assert twin == {
         "ok": True,
         "balance": 7,
         "reason": "replayed",
