@@ -149,11 +149,11 @@ class ServerCpu:
     """
 
     def __init__(self, url: str) -> None:
-        with connect_owner(url) as conn:
-            row = conn.execute("select pg_backend_pid()").fetchone()
         self.postmaster: int | None = None
-        with contextlib.suppress(OSError, ValueError, IndexError, TypeError):
-            self.postmaster = int(self._stat(int(row[0]))[1])  # type: ignore[index]
+        with connect_owner(url) as conn:  # its backend's parent, read while it is alive
+            row = conn.execute("select pg_backend_pid()").fetchone()
+            with contextlib.suppress(OSError, ValueError, IndexError, TypeError):
+                self.postmaster = int(self._stat(int(row[0]))[1])  # type: ignore[index]
 
     @staticmethod
     def _stat(pid: int) -> list[str]:

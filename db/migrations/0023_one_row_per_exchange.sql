@@ -20,9 +20,15 @@
  *     INSERT in the same statement), the balance moved by this statement is given back in
  *     the same transaction, and the first request's outcome is replayed (or 'mismatch').
  *   - No overdraft: the balance moves only in the conditional UPDATE (balance >= price).
- *   - A user's overdue holds are still closed before the request is judged; that path takes
- *     the user's lock first, as every money-moving path does. Lock order everywhere: user,
- *     then exchange (the full-price settle takes the exchange alone).
+ *   - begin_agent_request tries the reservation first, in one statement (the price and the
+ *     conversation's owner inside it); only when nothing was reserved does it look why —
+ *     the user unknown, the conversation not theirs, no price, the request id seen before
+ *     (replay / mismatch), or tokens short — and then a user's overdue holds are closed
+ *     first (under the user's lock, as every money-moving path takes it) and the
+ *     reservation tried once more. So a user's overdue holds are closed when they matter:
+ *     when the balance is short, when that request is retried, and by the sweep (every
+ *     minute, the workers) — no longer on every request. Lock order everywhere: user, then
+ *     exchange (the full-price settle takes the exchange alone).
  *   - The reserve row's low-balance and auto top-up check is post_entry's, inline (as
  *     api.consume does since 0020): debit_crossed runs only when a threshold is crossed.
  *   - tokenbill.messages and tokenbill.agent_holds are gone; api.messages (two rows per
@@ -30,6 +36,10 @@
  *     api.agent_holds keep their columns, over tokenbill.exchanges. Requests from before 0014
  *     (no hold) keep their messages; their hold columns are NULL and api.agent_holds skips them.
  *   - api.ledger_audit checks every exchange that has a hold, as it checked every hold.
+ *   - The exchange's key is (user, request id): its primary key and only unique index. `id`
+ *     (identity) keeps the order requests began in, unindexed: a settle changes the open-hold
+ *     index's predicate, so it is never HOT and writes every index again — one index fewer is
+ *     two index writes fewer per request. tokenbill.expire_hold takes the key.
  */
 
 -- ============================================================================================
@@ -70,7 +80,7 @@ end
 $$;
 
 create table tokenbill.exchanges (
-    id                 bigint generated always as identity primary key,
+    id                 bigint generated always as identity,  -- the order requests began in
     conversation_id    uuid not null,
     user_id            uuid not null,
     request_id         text not null,
@@ -98,7 +108,7 @@ create table tokenbill.exchanges (
     settled_at         timestamptz,
     charged            integer,
     outcome            text,
-    constraint exchanges_request_once unique (user_id, request_id),
+    constraint exchanges_pkey primary key (user_id, request_id),
     constraint exchanges_valid check (tokenbill.exchange_is_valid(
         request_id, reply_status, cost, request_hash, reserved, hold_status, input_chars,
         delivered_parts, delivered_chars, settled_at, charged))
@@ -202,13 +212,15 @@ begin
            delivered_parts = greatest(e.delivered_parts, coalesce(p_parts, 0)),
            reply = p_reply, reply_status = p_reply_status, error = p_error,
            completed_at = now()
-     where e.id = p_exchange.id;
+     where e.user_id = p_exchange.user_id and e.request_id = p_exchange.request_id;
     return v_charged;
 end
 $$;
 
+drop function tokenbill.expire_hold(bigint);
+
 /** Expire one overdue open exchange (the caller holds its user's lock); false if not one. */
-create or replace function tokenbill.expire_hold(p_hold_id bigint)
+create function tokenbill.expire_hold(p_user_id uuid, p_request_id text)
 returns boolean
 language plpgsql set search_path = '' as $$
 declare
@@ -216,7 +228,8 @@ declare
     v_delivered boolean;
 begin
     select * into v_exchange from tokenbill.exchanges e
-     where e.id = p_hold_id and e.hold_status = 'held' and e.expires_at <= now()
+     where e.user_id = p_user_id and e.request_id = p_request_id and e.hold_status = 'held'
+       and e.expires_at <= now()
        for update;
     if not found then
         return false;
@@ -239,12 +252,12 @@ declare
     v_count integer := 0;
 begin
     for v_row in
-        select e.id, e.user_id from tokenbill.exchanges e
+        select e.user_id, e.request_id from tokenbill.exchanges e
          where e.hold_status = 'held' and e.expires_at <= now()
          order by e.id
     loop
         perform tokenbill.lock_user(v_row.user_id);
-        if tokenbill.expire_hold(v_row.id) then
+        if tokenbill.expire_hold(v_row.user_id, v_row.request_id) then
             v_count := v_count + 1;
         end if;
     end loop;
@@ -278,7 +291,8 @@ language plpgsql security definer set search_path = '' as $$
 declare
     v_balance integer;
     v_overdue boolean;
-    v_hold_id bigint;
+    v_expired boolean := false;
+    v_overdue_request text;
     v_prior_conversation uuid;
     v_prior_status text;
     v_prior_reply text;
@@ -291,6 +305,7 @@ declare
     v_owner_ok boolean;
     v_conversation uuid := coalesce(p_conversation_id, gen_random_uuid());
     v_new integer;
+    v_reserved integer;
     v_alert integer;
     v_topup integer;
     v_exchange_id bigint;
@@ -309,135 +324,156 @@ begin
         raise exception 'hold must last 1 to 86400 seconds' using errcode = 'TB003';
     end if;
 
-    for i in 1 .. 2 loop
-        -- the user, their overdue holds, this request id seen before, the price and whether
-        -- the conversation (if any) is this user's: one look, no lock
-        select u.balance,
-               exists (select from tokenbill.exchanges o
-                        where o.user_id = p_user_id and o.hold_status = 'held'
-                          and o.expires_at <= now()),
-               e.conversation_id, e.reply_status, e.reply, e.error, e.cost,
-               e.request_hash, e.reserved, e.charged,
-               pr.agent, pr.per_call, pr.per_1k_input, pr.per_1k_output, pr.max_per_call,
-               p_conversation_id is null
-               or exists (select from tokenbill.conversations c
-                           where c.id = p_conversation_id and c.user_id = p_user_id)
-          into v_balance, v_overdue, v_prior_conversation, v_prior_status, v_prior_reply,
-               v_prior_error, v_prior_cost, v_prior_hash, v_prior_reserved, v_prior_charged,
-               v_price.agent, v_price.per_call, v_price.per_1k_input, v_price.per_1k_output,
-               v_price.max_per_call, v_owner_ok
-          from (select) one
-          left join tokenbill.users u on u.id = p_user_id
-          left join tokenbill.exchanges e
-            on e.user_id = p_user_id and e.request_id = p_request_id
-          left join lateral (
-                select p.agent, p.per_call, p.per_1k_input, p.per_1k_output, p.max_per_call
-                  from tokenbill.prices p
-                 where p.agent in (p_agent, '*')
-                 order by p.agent = '*'
-                 limit 1) pr on true;
-        if v_balance is null then
-            raise exception 'unknown user %', p_user_id using errcode = 'TB002';
-        end if;
-        exit when not v_overdue;
-        -- a dead worker's holds are closed first (a retry then replays the expired outcome)
-        perform tokenbill.lock_user(p_user_id);
-        for v_hold_id in
-            select o.id from tokenbill.exchanges o
-             where o.user_id = p_user_id and o.hold_status = 'held' and o.expires_at <= now()
-             order by o.id
-        loop
-            perform tokenbill.expire_hold(v_hold_id);
-        end loop;
-    end loop;
+    for v_attempt in 1 .. 2 loop
+        -- The reservation in one statement: the price, the balance (only if it covers the
+        -- price and the conversation, if any, is this user's), the exchange, and hanging off
+        -- the exchange's INSERT its ledger row and the conversation. Nothing of it is written
+        -- when a twin committed this request id first (ON CONFLICT DO NOTHING) but the move.
+        with price as (
+            select p.per_call, p.per_1k_input, p.per_1k_output, p.max_per_call
+              from tokenbill.prices p
+             where p.agent in (p_agent, '*')
+             order by p.agent = '*'
+             limit 1),
+        moved as (
+            update tokenbill.users u
+               set balance = u.balance - pr.max_per_call
+              from price pr
+             where u.id = p_user_id and u.balance >= pr.max_per_call
+               and (p_conversation_id is null
+                    or exists (select from tokenbill.conversations c
+                                where c.id = p_conversation_id and c.user_id = p_user_id))
+            returning u.balance, u.low_balance_threshold, u.auto_topup_threshold, pr.per_call,
+                      pr.per_1k_input, pr.per_1k_output, pr.max_per_call),
+        exchange as (
+            insert into tokenbill.exchanges (
+                conversation_id, user_id, request_id, prompt, cost, request_hash, agent,
+                per_call, per_1k_input, per_1k_output, reserved, hold_status, expires_at)
+            select v_conversation, p_user_id, p_request_id, p_message, m.max_per_call,
+                   p_request_hash, p_agent, m.per_call, m.per_1k_input, m.per_1k_output,
+                   m.max_per_call, 'held', now() + make_interval(secs => p_hold_seconds)
+              from moved m
+            on conflict (user_id, request_id) do nothing
+            returning id),
+        entry as (
+            insert into tokenbill.ledger (user_id, kind, delta, balance_after, request_id,
+                                          reason)
+            select p_user_id, 'reserve', -m.max_per_call, m.balance, p_request_id,
+                   format('agent %s: up to %s reserved', p_agent, m.max_per_call)
+              from moved m, exchange x
+            returning id),
+        started as (
+            insert into tokenbill.conversations (id, user_id, title)
+            select v_conversation, p_user_id,
+                   left(regexp_replace(btrim(p_message), '\s+', ' ', 'g'), 80)
+              from exchange
+             where p_conversation_id is null),
+        touched as (
+            update tokenbill.conversations c set updated_at = now()
+              from exchange
+             where p_conversation_id is not null and c.id = p_conversation_id)
+        select m.balance, m.max_per_call, m.low_balance_threshold, m.auto_topup_threshold,
+               x.id, l.id
+          into v_new, v_reserved, v_alert, v_topup, v_exchange_id, v_ledger_id
+          from moved m
+          left join exchange x on true
+          left join entry l on true;
 
-    if v_prior_status is not null then
-        if v_prior_hash is not null and v_prior_hash <> p_request_hash then
-            outcome := 'mismatch'; conversation_id := v_prior_conversation;
-            balance := v_balance; price := v_prior_reserved;
+        if v_exchange_id is not null then
+            -- post_entry's threshold check for a debit, inline: runs only when one is crossed
+            if v_new + v_reserved >= least(v_alert, coalesce(v_topup, v_alert))
+               and v_new < greatest(v_alert, coalesce(v_topup, v_alert)) then
+                perform tokenbill.debit_crossed(p_user_id, v_ledger_id, v_new, -v_reserved,
+                                                v_alert, v_topup);
+            end if;
+            outcome := 'started'; conversation_id := v_conversation; balance := v_new;
+            status := 'pending'; price := v_reserved;
             return next;
             return;
         end if;
-        outcome := 'replayed'; conversation_id := v_prior_conversation; balance := v_balance;
-        status := v_prior_status; reply := v_prior_reply; error := v_prior_error;
-        price := coalesce(v_prior_reserved, v_prior_cost); charged := v_prior_charged;
-        return next;
-        return;
-    end if;
-
-    if not v_owner_ok then
-        raise exception 'unknown conversation %', p_conversation_id using errcode = 'TB002';
-    end if;
-    if v_price.agent is null then
-        raise exception 'no price for agent % and no ''*'' price', p_agent using errcode = 'TB002';
-    end if;
-
-    -- the reservation, the exchange, its ledger row and the conversation: one statement. The
-    -- ledger row and the conversation hang off the exchange's INSERT, so a twin that
-    -- committed this request id first leaves nothing of this one but the balance move.
-    with moved as (
-        update tokenbill.users u
-           set balance = u.balance - v_price.max_per_call
-         where u.id = p_user_id and u.balance >= v_price.max_per_call
-        returning u.balance, u.low_balance_threshold, u.auto_topup_threshold),
-    exchange as (
-        insert into tokenbill.exchanges (
-            conversation_id, user_id, request_id, prompt, cost, request_hash, agent, per_call,
-            per_1k_input, per_1k_output, reserved, hold_status, expires_at)
-        select v_conversation, p_user_id, p_request_id, p_message, v_price.max_per_call,
-               p_request_hash, p_agent, v_price.per_call, v_price.per_1k_input,
-               v_price.per_1k_output, v_price.max_per_call, 'held',
-               now() + make_interval(secs => p_hold_seconds)
-          from moved
-        on conflict (user_id, request_id) do nothing
-        returning id),
-    entry as (
-        insert into tokenbill.ledger (user_id, kind, delta, balance_after, request_id, reason)
-        select p_user_id, 'reserve', -v_price.max_per_call, m.balance, p_request_id,
-               format('agent %s: up to %s reserved', p_agent, v_price.max_per_call)
-          from moved m, exchange x
-        returning id),
-    started as (
-        insert into tokenbill.conversations (id, user_id, title)
-        select v_conversation, p_user_id,
-               left(regexp_replace(btrim(p_message), '\s+', ' ', 'g'), 80)
-          from exchange
-         where p_conversation_id is null),
-    touched as (
-        update tokenbill.conversations c set updated_at = now()
-          from exchange
-         where p_conversation_id is not null and c.id = p_conversation_id)
-    select m.balance, m.low_balance_threshold, m.auto_topup_threshold, x.id, l.id
-      into v_new, v_alert, v_topup, v_exchange_id, v_ledger_id
-      from moved m
-      left join exchange x on true
-      left join entry l on true;
-
-    if v_exchange_id is null then
         if v_new is not null then
-            -- a twin committed this request id first: give this move back, answer as it did
-            update tokenbill.users u set balance = u.balance + v_price.max_per_call
-             where u.id = p_user_id;
-            return query select * from api.begin_agent_request(
-                p_user_id, p_request_id, p_conversation_id, p_message, p_agent, p_request_hash,
-                p_hold_seconds);
+            -- this request id was taken first (a twin, a retry): give this move back
+            update tokenbill.users u set balance = u.balance + v_reserved where u.id = p_user_id;
+            if v_attempt = 2 then  -- taken between our look and the reservation: answer as it
+                return query select * from api.begin_agent_request(
+                    p_user_id, p_request_id, p_conversation_id, p_message, p_agent,
+                    p_request_hash, p_hold_seconds);
+                return;
+            end if;
+        end if;
+        exit when v_attempt = 2;
+
+        -- Not reserved: look why. The user, their overdue holds, this request id seen before,
+        -- the price, the conversation's owner: one statement (again after closing overdue
+        -- holds, which may change this request's own outcome).
+        for i in 1 .. 2 loop
+            select u.balance,
+                   exists (select from tokenbill.exchanges o
+                            where o.user_id = p_user_id and o.hold_status = 'held'
+                              and o.expires_at <= now()),
+                   e.conversation_id, e.reply_status, e.reply, e.error, e.cost,
+                   e.request_hash, e.reserved, e.charged,
+                   pr.agent, pr.max_per_call,
+                   p_conversation_id is null
+                   or exists (select from tokenbill.conversations c
+                               where c.id = p_conversation_id and c.user_id = p_user_id)
+              into v_balance, v_overdue, v_prior_conversation, v_prior_status, v_prior_reply,
+                   v_prior_error, v_prior_cost, v_prior_hash, v_prior_reserved,
+                   v_prior_charged, v_price.agent, v_price.max_per_call, v_owner_ok
+              from (select) one
+              left join tokenbill.users u on u.id = p_user_id
+              left join tokenbill.exchanges e
+                on e.user_id = p_user_id and e.request_id = p_request_id
+              left join lateral (
+                    select p.agent, p.max_per_call
+                      from tokenbill.prices p
+                     where p.agent in (p_agent, '*')
+                     order by p.agent = '*'
+                     limit 1) pr on true;
+            if v_balance is null then
+                raise exception 'unknown user %', p_user_id using errcode = 'TB002';
+            end if;
+            exit when not v_overdue;
+            -- a dead worker's holds are closed first (a retry then replays the expired outcome)
+            perform tokenbill.lock_user(p_user_id);
+            for v_overdue_request in
+                select o.request_id from tokenbill.exchanges o
+                 where o.user_id = p_user_id and o.hold_status = 'held'
+                   and o.expires_at <= now()
+                 order by o.id
+            loop
+                perform tokenbill.expire_hold(p_user_id, v_overdue_request);
+                v_expired := true;
+            end loop;
+        end loop;
+
+        if v_prior_status is not null then
+            if v_prior_hash is not null and v_prior_hash <> p_request_hash then
+                outcome := 'mismatch'; conversation_id := v_prior_conversation;
+                balance := v_balance; price := v_prior_reserved;
+                return next;
+                return;
+            end if;
+            outcome := 'replayed'; conversation_id := v_prior_conversation;
+            balance := v_balance; status := v_prior_status; reply := v_prior_reply;
+            error := v_prior_error; price := coalesce(v_prior_reserved, v_prior_cost);
+            charged := v_prior_charged;
+            return next;
             return;
         end if;
-        outcome := 'insufficient_tokens'; conversation_id := p_conversation_id;
-        balance := v_balance; price := v_price.max_per_call;
-        return next;
-        return;
-    end if;
+        if not v_owner_ok then
+            raise exception 'unknown conversation %', p_conversation_id using errcode = 'TB002';
+        end if;
+        if v_price.agent is null then
+            raise exception 'no price for agent % and no ''*'' price', p_agent
+                using errcode = 'TB002';
+        end if;
+        -- short, unless closing overdue holds (or a concurrent settle) gave tokens back
+        exit when not v_expired and v_balance < v_price.max_per_call;
+    end loop;
 
-    -- post_entry's threshold check for a debit, inline: nothing runs unless one is crossed
-    if v_new + v_price.max_per_call >= least(v_alert, coalesce(v_topup, v_alert))
-       and v_new < greatest(v_alert, coalesce(v_topup, v_alert)) then
-        perform tokenbill.debit_crossed(p_user_id, v_ledger_id, v_new, -v_price.max_per_call,
-                                        v_alert, v_topup);
-    end if;
-
-    outcome := 'started'; conversation_id := v_conversation; balance := v_new;
-    status := 'pending'; price := v_price.max_per_call;
+    outcome := 'insufficient_tokens'; conversation_id := p_conversation_id;
+    balance := v_balance; price := v_price.max_per_call;
     return next;
 end
 $$;
@@ -574,6 +610,7 @@ drop function tokenbill.message_is_valid(text, text, text, integer);
 revoke all on function tokenbill.exchange_is_valid(text, text, integer, text, integer, text,
                                                    integer, integer, integer, timestamptz,
                                                    integer) from public;
+revoke all on function tokenbill.expire_hold(uuid, text) from public;
 revoke all on function tokenbill.close_hold(tokenbill.exchanges, boolean, integer, integer, text,
                                             integer, text, text, text) from public;
 
@@ -627,8 +664,15 @@ comment on column tokenbill.exchanges.settled_at is 'When the hold was closed.';
 comment on column tokenbill.exchanges.charged is 'Tokens charged in the end (null while held).';
 comment on column tokenbill.exchanges.outcome is
     'How the hold closed: done, <outcome> (partial), failed, timeout, disconnected, expired.';
-comment on constraint exchanges_request_once on tokenbill.exchanges is
-    'One exchange per (user, request id): the idempotency key of the agent request.';
+comment on column tokenbill.exchanges.id is
+    'The order requests began in (api.messages'' ids are 2 id and 2 id + 1); not a key: '
+    'an exchange is found by (user, request id).';
+comment on constraint exchanges_pkey on tokenbill.exchanges is
+    'One exchange per (user, request id): the idempotency key of the agent request (the only '
+    'unique index: every begin writes it, and a settle that is not HOT writes every index).';
+comment on function tokenbill.expire_hold(uuid, text) is
+    'Expire one overdue open exchange by its key (the caller holds the user''s lock): charge '
+    'what it delivered, release the rest; false when it is not open and overdue.';
 comment on constraint exchanges_valid on tokenbill.exchanges is
     'Every rule of an exchange row, in tokenbill.exchange_is_valid.';
 comment on index tokenbill.exchanges_conversation_idx is
