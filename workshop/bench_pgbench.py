@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +92,10 @@ GOALS = [
     ("agent_continue", "seed_agent", "agent request / seed's whole agent request", None, 1.5),
     ("agent", "seed_agent", "agent request, new conversation / seed's (no target)", None, None),
 ]
-TABLE_HEADERS = ["path", "hot tps", "×raw", "spread tps", "×raw", "runs", "failed"]
-GOAL_HEADERS = ["ratio (same run)", "hot", "target", "spread", "target"]
+TABLE_HEADERS = ["path", "hot tps", "×raw", "spread tps", "×raw", "runs", "failed",
+                 "hot µs cpu/tx", "spread µs cpu/tx"]  # fmt: skip
+GOAL_HEADERS = ["ratio (same run)", "hot", "target", "spread", "target", "hot by cpu",
+                "spread by cpu"]  # fmt: skip
 
 
 @dataclass
@@ -112,12 +116,80 @@ class Result:
     """Every pgbench run of one path in one scenario."""
 
     tps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # server CPU per transaction
     failed: int = 0
     runs: int = 0
 
     @property
     def mean(self) -> float:
         return sum(self.tps) / len(self.tps) if self.tps else float("nan")
+
+    @property
+    def cpu(self) -> float:
+        return sum(self.cpu_us) / len(self.cpu_us) if self.cpu_us else float("nan")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pgbench run."""
+
+    tps: float
+    failed: int
+    transactions: int
+
+
+class ServerCpu:
+    """CPU seconds the server's ended processes used: the postmaster's cutime + cstime.
+
+    Why: tps on a shared 2-core machine moves with whatever else runs; the CPU a transaction
+    costs the server moves much less. pgbench's connections end with each run, so the
+    postmaster has reaped their backends (and any autovacuum worker that finished) by the
+    time the run returns: the difference around a run, divided by its transactions, is the
+    server CPU per transaction. Unavailable (None) when the server is not on this machine.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.postmaster: int | None = None
+        with connect_owner(url) as conn:  # its backend's parent, read while it is alive
+            row = conn.execute("select pg_backend_pid()").fetchone()
+            with contextlib.suppress(OSError, ValueError, IndexError, TypeError):
+                self.postmaster = int(self._stat(int(row[0]))[1])  # type: ignore[index]
+
+    @staticmethod
+    def _stat(pid: int) -> list[str]:
+        """/proc/PID/stat's fields after the command name (field 3 first)."""
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    def seconds(self, database: str) -> float | None:
+        """The total once no backend of ``database`` is left and every ended one is reaped
+        (pgbench returns when its sockets close, a moment before its backends are gone)."""
+        if self.postmaster is None:
+            return None
+        deadline = time.monotonic() + 5
+        while self._pending(database) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            fields = self._stat(self.postmaster)
+        except OSError:
+            return None
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+    def _pending(self, database: str) -> bool:
+        """A backend of ``database`` still runs, or an ended child is not reaped yet (a
+        process on its way out has an empty command line before it is a zombie)."""
+        pm = self.postmaster
+        try:
+            children = Path(f"/proc/{pm}/task/{pm}/children").read_text().split()
+        except OSError:
+            return False
+        for child in children:
+            with contextlib.suppress(OSError, IndexError):
+                if self._stat(int(child))[0] == "Z":
+                    return True
+                title = Path(f"/proc/{child}/cmdline").read_bytes()
+                if not title.strip(b"\0 ") or f" {database} ".encode() in title:
+                    return True
+        return False
 
 
 def pgbench_binary() -> str:
@@ -193,10 +265,9 @@ _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
 _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
-def run_pgbench(
-    url: str, path: BenchPath, first: int, last: int, settings: Settings
-) -> tuple[float, int]:
-    """One pgbench run; returns (tps, failed transactions). An aborted run counts as failed."""
+def run_pgbench(url: str, path: BenchPath, first: int, last: int, settings: Settings) -> Run:
+    """One pgbench run (tps, failed and processed transactions); an aborted run counts as
+    failed."""
     env = dict(os.environ)
     if path.role:
         env["PGOPTIONS"] = f"-c role={path.role}"
@@ -213,8 +284,9 @@ def run_pgbench(
     processed = _PROCESSED.search(out)
     if done.returncode != 0 or not tps or not processed:
         progress(f"pgbench {path.key} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-        return 0.0, max(1, int(failed.group(1)) if failed else 1)
-    return float(tps.group(1)), int(failed.group(1)) if failed else 0
+        return Run(0.0, max(1, int(failed.group(1)) if failed else 1), 0)
+    return Run(float(tps.group(1)), int(failed.group(1)) if failed else 0,
+               int(processed.group(1)))  # fmt: skip
 
 
 # Every table a path UPDATEs. A run leaves dead row versions behind (16 clients on one hot
@@ -222,14 +294,20 @@ def run_pgbench(
 # full of them turns the next run's HOT updates into index-writing ones. Vacuumed before every
 # run, each path starts from the same state whatever the order.
 UPDATED_TABLES = (
-    "tokenbill.users", "tokenbill.agent_holds", "tokenbill.messages", "tokenbill.conversations",
+    "tokenbill.users", "tokenbill.exchanges", "tokenbill.conversations",
+    "tokenbill.agent_holds", "tokenbill.messages",  # before 0023
     "bench.raw_accounts", "bench.user_profiles",
 )  # fmt: skip
 
 
 def vacuum_updated_tables(url: str) -> None:
     with connect_owner(url) as conn:
-        conn.execute(f"vacuum {', '.join(UPDATED_TABLES)}")  # type: ignore[arg-type]
+        present = [
+            name
+            for name in UPDATED_TABLES
+            if conn.execute("select to_regclass(%s)", [name]).fetchone()[0]  # type: ignore[index]
+        ]
+        conn.execute(f"vacuum {', '.join(present)}")  # type: ignore[arg-type]
 
 
 def measure(
@@ -238,23 +316,35 @@ def measure(
     """Run every (label, url, path) in both scenarios, every round, alternating the order."""
     scenarios = [("hot", HOT_ID, HOT_ID), ("spread", 1, settings.accounts)]
     results: dict[tuple[str, str], Result] = {}
+    cpu = {url: ServerCpu(url) for _, url, _ in targets}
     for round_no in range(settings.rounds):
         order = list(targets) if round_no % 2 == 0 else list(reversed(targets))
         for scenario, first, last in scenarios:
             for label, url, path in order:
                 vacuum_updated_tables(url)
-                tps, failed = run_pgbench(url, path, first, last, settings)
+                database = str(conninfo_to_dict(url).get("dbname"))
+                before = cpu[url].seconds(database)
+                run = run_pgbench(url, path, first, last, settings)
+                after = cpu[url].seconds(database)
                 result = results.setdefault((label, scenario), Result())
                 result.runs += 1
-                result.failed += failed
-                if tps:
-                    result.tps.append(tps)
-                progress(f"round {round_no + 1} {scenario:6} {label}: {tps:,.0f} tps")
+                result.failed += run.failed
+                if run.tps:
+                    result.tps.append(run.tps)
+                used = ""
+                if run.transactions and before is not None and after is not None:
+                    result.cpu_us.append((after - before) / run.transactions * 1e6)
+                    used = f", {result.cpu_us[-1]:,.0f} µs server CPU/tx"
+                progress(f"round {round_no + 1} {scenario:6} {label}: {run.tps:,.0f} tps{used}")
     return results
 
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def _whole(value: float) -> int | str:
+    return "-" if math.isnan(value) else round(value)
 
 
 def report(
@@ -268,7 +358,7 @@ def report(
         rows.append([
             label, round(hot.mean), ratio(hot.mean, raw["hot"]),
             round(spread.mean), ratio(spread.mean, raw["spread"]),
-            hot.runs + spread.runs, hot.failed + spread.failed,
+            hot.runs + spread.runs, hot.failed + spread.failed, _whole(hot.cpu), _whole(spread.cpu),
         ])  # fmt: skip
     by_key = {p.key: p.label for p in PATHS}
     goals = []
@@ -279,9 +369,14 @@ def report(
             ratio(results[(by_key[num], s)].mean, results[(by_key[den], s)].mean)
             for s in ("hot", "spread")
         ]
+        # by CPU: the denominator's CPU per transaction over the numerator's (higher = better)
+        by_cpu = [
+            ratio(results[(by_key[den], s)].cpu, results[(by_key[num], s)].cpu)
+            for s in ("hot", "spread")
+        ]
         goals.append([
             what, values[0], f"≥ {hot_target}" if hot_target else "-",
-            values[1], f"≥ {spread_target}" if spread_target else "-",
+            values[1], f"≥ {spread_target}" if spread_target else "-", by_cpu[0], by_cpu[1],
         ])  # fmt: skip
     return format_table(TABLE_HEADERS, rows), format_table(GOAL_HEADERS, goals)
 

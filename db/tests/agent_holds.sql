@@ -55,17 +55,17 @@ select results_eq(
                %L, 'r4', null, 'hi', 'a', 'h', 60)$$, :'uid'),
     $$values ('insufficient_tokens'::text, 0)$$,
     'with nothing left the request is refused');
-select is_empty(format($$select from tokenbill.agent_holds where user_id = %L and request_id = 'r4'$$,
+select is_empty(format($$select from api.agent_holds where user_id = %L and request_id = 'r4'$$,
                        :'uid'),
                 'a refused request leaves no hold');
 
 -- a recorded delivery makes an abandoned hold chargeable at expiry; an undelivered one is released
 select ok(api.record_agent_delivery(:'uid', 'r3', 1, 10, 5), 'delivery progress is recorded');
-update tokenbill.agent_holds set expires_at = now() - interval '1 second' where user_id = :'uid'
-   and status = 'held';
+update tokenbill.exchanges set expires_at = now() - interval '1 second' where user_id = :'uid'
+   and hold_status = 'held';
 select cmp_ok(api.expire_agent_holds(), '>=', 1, 'the sweep settles overdue holds');
 select results_eq(
-    format($$select status, charged, outcome from tokenbill.agent_holds
+    format($$select status, charged, outcome from api.agent_holds
               where user_id = %L and request_id = 'r3'$$, :'uid'),
     $$values ('settled'::text, 1, 'expired'::text)$$,
     'an expired hold that had delivered is charged');

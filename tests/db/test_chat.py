@@ -191,8 +191,7 @@ def test_settle_first_then_expire_changes_nothing(owner, app_conn, make_user):
     begin(app_conn, user, "r1")
     settle(app_conn, user, "r1")
     owner.execute(  # even if its time is up, a settled hold is never settled again
-        "update tokenbill.agent_holds set expires_at = now() - interval '1 hour'"
-        " where user_id = %s",
+        "update tokenbill.exchanges set expires_at = now() - interval '1 hour' where user_id = %s",
         [user],
     )
     assert expire(app_conn) == 0
@@ -370,10 +369,11 @@ def test_the_audit_sees_holds_the_ledger_disagrees_with(scratch_owner):
 @pytest.mark.parametrize(
     "statement",
     [
-        "insert into tokenbill.messages (conversation_id, user_id, request_id, role, status, cost)"
-        " values (gen_random_uuid(), gen_random_uuid(), 'x', 'user', 'done', 1)",
-        "update tokenbill.messages set content = 'x'",
-        "update tokenbill.agent_holds set status = 'released'",
+        "insert into tokenbill.exchanges (conversation_id, user_id, request_id, prompt, cost)"
+        " values (gen_random_uuid(), gen_random_uuid(), 'x', 'hi', 1)",
+        "update tokenbill.exchanges set reply = 'x'",
+        "update tokenbill.exchanges set hold_status = 'released'",
+        "select * from tokenbill.exchanges",
         "update tokenbill.prices set per_call = 0",
         "select * from tokenbill.conversations",
         "insert into api.conversations (user_id, title) values (gen_random_uuid(), 'x')",

@@ -263,7 +263,7 @@ def test_the_key_is_bound_to_the_same_hash_as_the_web_app(meter, owner, funded, 
     assert call(meter, key, body, "req-hash").status_code == 200
 
     stored = owner.execute(
-        "select request_hash from tokenbill.agent_holds where user_id = %s"
+        "select request_hash from tokenbill.exchanges where user_id = %s"
         " and request_id = 'req-hash'",
         [user],
     ).fetchone()["request_hash"]

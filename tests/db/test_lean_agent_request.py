@@ -134,8 +134,8 @@ def test_fast_settles_racing_the_expiry_settle_once_without_deadlock(
     expected_open = 1 if racer == "next_request" else 0
     assert open_holds(owner, user) == expected_open
     closed = owner.execute(
-        "select count(*) filter (where status = 'released') as released,"
-        " coalesce(sum(charged), 0) as charged from tokenbill.agent_holds"
+        "select count(*) filter (where hold_status = 'released') as released,"
+        " coalesce(sum(charged), 0) as charged from tokenbill.exchanges"
         " where user_id = %s and request_id like 'race-%%'",
         [user],
     ).fetchone()
@@ -150,8 +150,8 @@ def test_the_user_and_conversation_of_every_request_exist_and_stay(
     owner: psycopg.Connection, app_conn, make_user
 ) -> None:
     """What replaced the foreign keys of messages (user, conversation) and agent_holds (user)
-    (0021): nothing deletes the user or the conversation, and begin writes only rows whose
-    conversation is the user's."""
+    (0021; one exchange row since 0023): nothing deletes the user or the conversation, and
+    begin writes only rows whose conversation is the user's."""
     user = make_user(balance=3)
     conversation = begin(app_conn, user, "new")["conversation_id"]
     begin(app_conn, user, "continued", conversation_id=conversation)
@@ -170,10 +170,10 @@ def test_the_user_and_conversation_of_every_request_exist_and_stay(
         finally:
             owner.execute("rollback")
     strays = owner.execute(
-        "select (select count(*) from tokenbill.messages m"
+        "select (select count(*) from tokenbill.exchanges m"
         "         left join tokenbill.conversations c on c.id = m.conversation_id"
         "        where c.user_id is distinct from m.user_id) as messages,"
-        "       (select count(*) from tokenbill.agent_holds h"
+        "       (select count(*) from tokenbill.exchanges h"
         "        where not exists (select from tokenbill.users u where u.id = h.user_id)"
         "           or not exists (select from tokenbill.ledger l where l.user_id = h.user_id"
         "                           and l.request_id = h.request_id and l.kind = 'reserve'))"
@@ -194,39 +194,42 @@ def test_another_users_conversation_stays_refused(app_conn, make_user) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# One CHECK per table, every rule
+# One CHECK per table, every rule (0023: the hold and both messages are one exchange row)
 # --------------------------------------------------------------------------------------------
-HOLD_BREAKS = {
+EXCHANGE_BREAKS = {
     "empty request id": "request_id = ''",
     "request id over 200": "request_id = repeat('x', 201)",
     "empty request hash": "request_hash = ''",
     "request hash over 200": "request_hash = repeat('x', 201)",
     "nothing reserved": "reserved = 0",
-    "unknown status": "status = 'lost'",
+    "free message": "cost = 0",
+    "unknown hold status": "hold_status = 'lost'",
+    "unknown reply status": "reply_status = 'lost'",
     "negative input": "input_chars = -1",
     "negative parts": "delivered_parts = -1",
     "negative chars": "delivered_chars = -1",
     "held but settled_at": "settled_at = now()",
     "held but charged": "charged = 0",
-    "settled without settled_at": "status = 'settled', charged = 1",
-    "settled without charged": "status = 'settled', settled_at = now()",
-    "settled above reserved": "status = 'settled', settled_at = now(), charged = 2",
-    "settled below zero": "status = 'settled', settled_at = now(), charged = -1",
-    "released but charged": "status = 'released', settled_at = now(), charged = 1",
-    "released without settled_at": "status = 'released', charged = 0",
+    "held but the reply done": "reply_status = 'done'",
+    "settled without settled_at": "hold_status = 'settled', charged = 1",
+    "settled without charged": "hold_status = 'settled', settled_at = now()",
+    "settled above reserved": "hold_status = 'settled', settled_at = now(), charged = 2",
+    "settled below zero": "hold_status = 'settled', settled_at = now(), charged = -1",
+    "released but charged": "hold_status = 'released', settled_at = now(), charged = 1",
+    "released without settled_at": "hold_status = 'released', charged = 0",
+    "no hold but reserved": "hold_status = null, reply_status = 'done'",
+    "no hold but charged": "hold_status = null, reserved = null, reply_status = 'done',"
+    " charged = 1",
+    "no hold, reply pending": "hold_status = null, reserved = null",
 }
-HOLD_OK = {
-    "settled in full": "status = 'settled', settled_at = now(), charged = 1",
-    "settled for nothing": "status = 'settled', settled_at = now(), charged = 0",
-    "released": "status = 'released', settled_at = now(), charged = 0",
-}
-MESSAGE_BREAKS = {
-    "empty request id": "request_id = ''",
-    "request id over 200": "request_id = repeat('x', 201)",
-    "free message": "cost = 0",
-    "unknown role": "role = 'system'",
-    "unknown status": "status = 'lost'",
-    "pending user message": "status = 'pending' where role = 'user' and true",
+EXCHANGE_OK = {
+    "settled in full": "hold_status = 'settled', settled_at = now(), charged = 1",
+    "settled for nothing": "hold_status = 'settled', settled_at = now(), charged = 0",
+    "released": "hold_status = 'released', settled_at = now(), charged = 0",
+    "settled, reply done": "hold_status = 'settled', settled_at = now(), charged = 1,"
+    " reply_status = 'done'",
+    "from before 0014 (no hold)": "hold_status = null, reserved = null, request_hash = null,"
+    " reply_status = 'done'",
 }
 
 
@@ -237,29 +240,22 @@ def one_hold(owner: psycopg.Connection, app_conn, make_user) -> uuid.UUID:
     return user
 
 
-@pytest.mark.parametrize("change", HOLD_BREAKS.values(), ids=HOLD_BREAKS.keys())
-def test_every_hold_rule_is_checked(owner: psycopg.Connection, one_hold, change: str) -> None:
+@pytest.mark.parametrize("change", EXCHANGE_BREAKS.values(), ids=EXCHANGE_BREAKS.keys())
+def test_every_exchange_rule_is_checked(owner: psycopg.Connection, one_hold, change: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation) as caught:
-        owner.execute(f"update tokenbill.agent_holds set {change} where user_id = %s", [one_hold])
-    assert caught.value.diag.constraint_name == "agent_holds_valid"
+        owner.execute(f"update tokenbill.exchanges set {change} where user_id = %s", [one_hold])
+    assert caught.value.diag.constraint_name == "exchanges_valid"
 
 
-@pytest.mark.parametrize("change", HOLD_OK.values(), ids=HOLD_OK.keys())
-def test_every_valid_hold_state_passes(owner: psycopg.Connection, one_hold, change: str) -> None:
+@pytest.mark.parametrize("change", EXCHANGE_OK.values(), ids=EXCHANGE_OK.keys())
+def test_every_valid_exchange_state_passes(
+    owner: psycopg.Connection, one_hold, change: str
+) -> None:
     owner.execute("begin")
     try:
-        owner.execute(f"update tokenbill.agent_holds set {change} where user_id = %s", [one_hold])
+        owner.execute(f"update tokenbill.exchanges set {change} where user_id = %s", [one_hold])
     finally:
         owner.execute("rollback")
-
-
-@pytest.mark.parametrize("change", MESSAGE_BREAKS.values(), ids=MESSAGE_BREAKS.keys())
-def test_every_message_rule_is_checked(owner: psycopg.Connection, one_hold, change: str) -> None:
-    statement, _, condition = change.partition(" where ")
-    where = f"user_id = %s and ({condition or 'true'})"
-    with pytest.raises(psycopg.errors.CheckViolation) as caught:
-        owner.execute(f"update tokenbill.messages set {statement} where {where}", [one_hold])
-    assert caught.value.diag.constraint_name == "messages_valid"
 
 
 def test_the_audit_catches_a_second_close_of_a_full_price_settle(

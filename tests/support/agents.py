@@ -84,8 +84,8 @@ def make_overdue(
 ) -> None:
     """As if the hold's time ran out (the owner may move expires_at; holds are not the ledger)."""
     owner.execute(
-        "update tokenbill.agent_holds set expires_at = now() - interval '1 second'"
-        " where user_id = %s and status = 'held' and (%s::text is null or request_id = %s)",
+        "update tokenbill.exchanges set expires_at = now() - interval '1 second'"
+        " where user_id = %s and hold_status = 'held' and (%s::text is null or request_id = %s)",
         [user_id, request_id, request_id],
     )
 

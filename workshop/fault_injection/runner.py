@@ -133,7 +133,7 @@ def _server_env(database_url: str, log_dir: Path) -> dict[str, str]:
 def _wait_for_hold_expiry(owner: psycopg.Connection[Any]) -> None:
     """Sleep until every hold still held has passed its expires_at."""
     row = owner.execute(
-        "select extract(epoch from max(expires_at) - now()) from tokenbill.agent_holds"
+        "select extract(epoch from max(expires_at) - now()) from api.agent_holds"
         " where status = 'held'"
     ).fetchone()
     if row and row[0] is not None and row[0] > 0:

@@ -74,7 +74,7 @@ def _verify_consumer(owner: psycopg.Connection[Any], c: Consumer, stats: Stats) 
     holds = {
         k: (status, charged)
         for k, status, charged in owner.execute(
-            "select request_id, status, charged from tokenbill.agent_holds where user_id = %s",
+            "select request_id, status, charged from api.agent_holds where user_id = %s",
             [c.user_id],
         ).fetchall()
     }
@@ -105,7 +105,7 @@ def _verify_consumer(owner: psycopg.Connection[Any], c: Consumer, stats: Stats) 
     messages = {
         k: (status, content)
         for k, status, content in owner.execute(
-            "select request_id, status, content from tokenbill.messages"
+            "select request_id, status, content from api.messages"
             " where user_id = %s and role = 'assistant'",
             [c.user_id],
         ).fetchall()

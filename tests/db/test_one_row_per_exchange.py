@@ -1,0 +1,180 @@
+"""0023: one agent request is one exchange row (prompt, reply and hold), begun without a lock.
+
+Adversaries: a client that fires the same request id twice at once (a retry racing the
+original) must be reserved once and answered once — begin no longer takes the user's lock
+before it looks, so the twin is caught by the exchange's unique key inside the reserving
+statement; a database upgraded from 0022 must keep every message, hold and open reservation
+(an open hold settled after the upgrade still charges exactly once, the audit stays empty).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests.conftest import audit, balance_of, connect_as_app
+from tests.support.agents import begin_request as begin
+from webapp.ops import migrate
+
+
+def settle(conn, user, request_id, outcome="done", reply="the answer"):
+    return conn.execute(
+        "select * from api.settle_agent_request(%s, %s, %s, %s, 10, %s)",
+        [user, request_id, outcome, reply, None if outcome == "done" else "boom"],
+    ).fetchone()
+
+
+def reserves(conn, user) -> int:
+    return conn.execute(
+        "select count(*) as n from tokenbill.ledger where user_id = %s and kind = 'reserve'",
+        [user],
+    ).fetchone()["n"]
+
+
+def twin_begin_while_first_is_open(
+    database_url: str, user: uuid.UUID, twin_message: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Begin request 'twin' in an open transaction, fire its twin (same request id) while it
+    is open — the twin waits for the user's row inside its reserving statement — then commit
+    the first. Returns (the first's row, the twin's row)."""
+    first = connect_as_app(database_url)
+    first.autocommit = False
+    first_row = begin(first, user, "twin", "the question")
+    twin_row: dict[str, Any] = {}
+
+    def twin() -> None:
+        with connect_as_app(database_url) as conn:
+            twin_row.update(begin(conn, user, "twin", twin_message))
+
+    thread = threading.Thread(target=twin)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive(), "the twin did not wait for the first"
+    first.commit()
+    first.close()
+    thread.join(10)
+    return first_row, twin_row
+
+
+@pytest.mark.parametrize(
+    ("twin_message", "expected"),
+    [("the question", "replayed"), ("another question", "mismatch")],
+    ids=["same body", "other body"],
+)
+def test_a_twin_fired_while_the_first_is_open_is_reserved_once(
+    database_url: str, owner: psycopg.Connection, make_user, twin_message: str, expected: str
+) -> None:
+    user = make_user(balance=5)
+    first, twin = twin_begin_while_first_is_open(database_url, user, twin_message)
+    assert first["outcome"] == "started"
+    assert twin["outcome"] == expected
+    assert twin["conversation_id"] == first["conversation_id"]
+    if expected == "replayed":
+        assert twin["status"] == "pending"
+    assert balance_of(owner, user) == 4  # one reservation
+    assert reserves(owner, user) == 1
+    conversations = owner.execute(
+        "select count(*) as n from tokenbill.conversations where user_id = %s", [user]
+    ).fetchone()
+    assert conversations["n"] == 1  # the twin started no conversation of its own
+    assert audit(owner) == []
+
+
+def test_one_request_is_one_row_shown_as_two_messages(
+    owner: psycopg.Connection, app_conn, make_user
+) -> None:
+    user = make_user(balance=3)
+    conversation = begin(app_conn, user, "r1", "What is 2 + 2?")["conversation_id"]
+    pending = app_conn.execute(
+        "select role, content, status, charged from api.messages where user_id = %s order by id",
+        [user],
+    ).fetchall()
+    assert [tuple(m.values()) for m in pending] == [
+        ("user", "What is 2 + 2?", "done", None),
+        ("assistant", "", "pending", None),
+    ]
+    settle(app_conn, user, "r1", reply="4")
+    rows = owner.execute(
+        "select conversation_id, prompt, reply, reply_status, hold_status, charged"
+        " from tokenbill.exchanges where user_id = %s",
+        [user],
+    ).fetchall()
+    assert [tuple(r.values()) for r in rows] == [
+        (conversation, "What is 2 + 2?", "4", "done", "settled", 1)
+    ]
+    settled = app_conn.execute(
+        "select role, content, status, charged from api.messages where user_id = %s order by id",
+        [user],
+    ).fetchall()
+    assert [tuple(m.values()) for m in settled] == [
+        ("user", "What is 2 + 2?", "done", None),
+        ("assistant", "4", "done", 1),
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Upgrading from 0022 keeps every request
+# --------------------------------------------------------------------------------------------
+MESSAGES = (
+    "select conversation_id, user_id, request_id, role, content, status, error, cost,"
+    " created_at, completed_at, charged from api.messages order by id"
+)
+HOLDS = (
+    "select user_id, request_id, agent, reserved, status, input_chars, delivered_parts,"
+    " delivered_chars, first_delivered_at, progress_at, created_at, expires_at, settled_at,"
+    " charged, outcome from api.agent_holds order by id"
+)
+
+
+def test_upgrading_from_0022_keeps_every_message_and_hold(empty_db: str, tmp_path: Path) -> None:
+    before = tmp_path / "before"
+    before.mkdir()
+    for path in migrate.MIGRATIONS_DIR.glob("*.sql"):
+        if path.name < "0023":
+            shutil.copy(path, before)
+    migrate.upgrade(empty_db, before)
+    with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as conn:
+        admin = conn.execute("select api.register_user('a@example.test', 'x') as id").fetchone()
+        conn.execute("select api.set_admin('a@example.test')")
+        user = conn.execute("select api.register_user('u@example.test', 'x') as id").fetchone()
+        user = user["id"]
+        conn.execute("select api.admin_adjust(%s, %s, 20, 'setup')", [admin["id"], user])
+        conn.execute(
+            "insert into tokenbill.prices (agent, per_call, per_1k_input, per_1k_output,"
+            " max_per_call) values ('sized', 1, 0, 1000, 5)"
+        )
+        conversation = begin(conn, user, "done", "first")["conversation_id"]
+        settle(conn, user, "done", reply="an answer")
+        begin(conn, user, "released", "second", conversation)
+        settle(conn, user, "released", outcome="failed", reply="")
+        begin(conn, user, "partly", "third", conversation, agent="sized")
+        settle(conn, user, "partly", outcome="disconnected", reply="ab")  # 2 of 5
+        begin(conn, user, "open", "fourth")
+        messages = conn.execute(MESSAGES).fetchall()
+        holds = conn.execute(HOLDS).fetchall()
+        balance = balance_of(conn, user)
+
+    assert migrate.upgrade(empty_db) == ["0023"]
+
+    with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as conn:
+        assert conn.execute(MESSAGES).fetchall() == messages
+        assert conn.execute(HOLDS).fetchall() == holds
+        assert len(messages) == 8
+        assert [h["charged"] for h in holds] == [1, 0, 2, None]
+        assert balance_of(conn, user) == balance == 20 - 1 - 2 - 1
+        assert audit(conn) == []
+        # the open reservation settles once after the upgrade; a replay changes nothing
+        assert settle(conn, user, "open")["charged"] == 1
+        assert settle(conn, user, "open")["status"] == "already_settled"
+        replay = begin(conn, user, "done", "first")
+        assert (replay["outcome"], replay["reply"]) == ("replayed", "an answer")
+        assert balance_of(conn, user) == balance
+        assert audit(conn) == []
