@@ -158,7 +158,7 @@ def test_web_uses_real_stripe_with_a_key(rendered: dict[str, Any]) -> None:
 
 def test_workers_run_the_supervisor_as_the_workers_login(raw: dict[str, Any]) -> None:
     """Never the superuser: tokenbill_workers may SET ROLE to tokenbill_notifier and
-    tokenbill_app only (webapp/ops/db_logins.py GROUPS), the password db-logins gave it."""
+    tokenbill_sweeper only (webapp/ops/db_logins.py GROUPS), the password db-logins gave it."""
     workers = raw["services"]["workers"]
     assert workers["command"][-1].rstrip().endswith("exec flask --app webapp workers")
     assert workers["build"] == "."

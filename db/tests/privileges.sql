@@ -2,15 +2,25 @@
 -- A new api function must be added to exactly one list below (or to owner-only) to pass.
 begin;
 create extension if not exists pgtap;
-select plan(14);
+select plan(19);
 
 create temp view fns as
     select n.nspname as schema, p.proname as name, p.oid as oid,
            p.oid::regprocedure::text as signature, p.prosecdef as security_definer,
-           coalesce(p.proconfig, '{}') as config
+           coalesce(p.proconfig, '{}') as config, p.proacl as acl
       from pg_proc p join pg_namespace n on n.oid = p.pronamespace
      where n.nspname in ('api', 'tokenbill');
 
+-- the group roles (NOLOGIN; logins are NOINHERIT members, webapp/ops/db_logins.py)
+create temp table group_roles (r name);
+insert into group_roles values ('tokenbill_app'), ('tokenbill_webhook'), ('tokenbill_admin'),
+    ('tokenbill_notifier'), ('tokenbill_sweeper');
+
+-- the only memberships among them: the web role inherits the sweep (0026), and nothing else
+create temp table members (member name, grp name);
+insert into members values ('tokenbill_app', 'tokenbill_sweeper');
+
+-- what each group role is granted directly; it executes these and its groups' (members above)
 create temp table allowed (role name, fn name);
 insert into allowed values
     -- the web app's views: accounts, sessions, keys, checkout creation, the metered agent path
@@ -22,7 +32,7 @@ insert into allowed values
     ('tokenbill_app', 'user_for_api_key'), ('tokenbill_app', 'record_checkout_session'),
     ('tokenbill_app', 'agent_price'), ('tokenbill_app', 'begin_agent_request'),
     ('tokenbill_app', 'record_agent_delivery'), ('tokenbill_app', 'settle_agent_request'),
-    ('tokenbill_app', 'expire_agent_holds'), ('tokenbill_app', 'set_low_balance_threshold'),
+    ('tokenbill_app', 'set_low_balance_threshold'),
     ('tokenbill_app', 'acknowledge_low_balance_alerts'), ('tokenbill_app', 'billing_metrics'),
     -- 0019: the account's Stripe Customer and auto top-up settings
     ('tokenbill_app', 'record_stripe_customer'), ('tokenbill_app', 'set_auto_topup'),
@@ -35,7 +45,9 @@ insert into allowed values
     ('tokenbill_notifier', 'claim_alert_notifications'),
     ('tokenbill_notifier', 'finish_alert_notification'),
     -- 0019: the auto top-up worker (flask auto-topup) claims and finishes; it cannot grant
-    ('tokenbill_notifier', 'claim_auto_topup'), ('tokenbill_notifier', 'finish_auto_topup');
+    ('tokenbill_notifier', 'claim_auto_topup'), ('tokenbill_notifier', 'finish_auto_topup'),
+    -- 0026: the expired-holds sweep alone (the workers' login; tokenbill_app by membership)
+    ('tokenbill_sweeper', 'expire_agent_holds');
 
 -- granted to nobody: internals other definer functions call, and operator tools
 create temp table owner_only (fn name);
@@ -53,14 +65,31 @@ select is_empty($$select signature from fns where security_definer and schema <>
 
 select set_eq(format($$select name from fns
                         where has_function_privilege(%L, oid, 'execute')$$, r),
-              format($$select fn from allowed where role = %L$$, r),
+              format($$select fn from allowed
+                        where role = %1$L or role in (select grp from members where member = %1$L)$$,
+                     r),
               r || ' executes exactly its allow-list')
-  from unnest(array['tokenbill_app', 'tokenbill_webhook', 'tokenbill_admin',
-                    'tokenbill_notifier']::name[]) r;
-select is_empty($$select schema, name from fns, unnest(array['tokenbill_app', 'tokenbill_webhook',
-                        'tokenbill_admin', 'tokenbill_notifier']) r
+  from group_roles order by r;
+select is_empty($$select schema, name from fns, group_roles
                    where schema <> 'api' and has_function_privilege(r, oid, 'execute')$$,
                 'no group role executes anything outside api');
+select set_eq($$select g.r, f.name
+                  from fns f cross join lateral aclexplode(f.acl) a
+                  join group_roles g on g.r = a.grantee::regrole::text
+                 where a.privilege_type = 'EXECUTE'$$,
+              $$select role, fn from allowed$$,
+              'each function is granted directly to exactly the roles allowed it');
+select is_empty($$select fn from allowed group by fn having count(*) > 1$$,
+                'each allowed function is granted to exactly one role');
+select set_eq($$select u.rolname as member, g.rolname as grp
+                  from pg_auth_members m join pg_roles u on u.oid = m.member
+                  join pg_roles g on g.oid = m.roleid
+                 where u.rolname in (select r from group_roles)
+                   and g.rolname in (select r from group_roles)$$,
+              $$select member, grp from members$$,
+              'group roles are members of no other group role but tokenbill_app of tokenbill_sweeper');
+select is(pg_has_role('tokenbill_app', 'tokenbill_sweeper', 'usage'), true,
+          'tokenbill_app inherits the sweep (the web app and the agent-meter Edge Function call it)');
 
 select set_eq($$select name from fns where schema = 'api'
                  except select fn from allowed$$,
@@ -70,8 +99,7 @@ select is_empty($$select fn from allowed intersect select fn from owner_only$$,
                 'nothing is both allowed and owner-only');
 
 select is_empty($$select rolname from pg_roles
-                   where rolname in ('tokenbill_app', 'tokenbill_webhook', 'tokenbill_admin',
-                                     'tokenbill_notifier')
+                   where rolname in (select r from group_roles)
                      and (rolcanlogin or rolsuper or rolcreaterole or rolcreatedb or rolbypassrls)$$,
                 'group roles cannot log in or escalate');
 
@@ -84,8 +112,7 @@ select is((select count(*)::int from fns where signature like 'api.begin_agent_r
 select is_empty($$select c.relname, p
                    from pg_class c join pg_namespace n on n.oid = c.relnamespace,
                         unnest(array['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) p,
-                        unnest(array['tokenbill_app', 'tokenbill_webhook', 'tokenbill_admin',
-                                     'tokenbill_notifier']) r
+                        group_roles
                   where n.nspname in ('api', 'tokenbill', 'public') and c.relkind in ('r', 'v', 'p')
                     and has_table_privilege(r, c.oid, p)$$,
                 'no group role can write any table or view');

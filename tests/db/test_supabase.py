@@ -38,7 +38,13 @@ OWNER = "supa_postgres"
 # db/README.md step 3: one login per function, each a member of one group role only.
 EDGE_LOGINS = {"webhook": "tokenbill_edge_webhook", "agent": "tokenbill_edge_agent"}
 EDGE_GROUPS = {"webhook": "tokenbill_webhook", "agent": "tokenbill_app"}
-GROUP_ROLES = ("tokenbill_admin", "tokenbill_app", "tokenbill_notifier", "tokenbill_webhook")
+GROUP_ROLES = (
+    "tokenbill_admin",
+    "tokenbill_app",
+    "tokenbill_notifier",
+    "tokenbill_sweeper",
+    "tokenbill_webhook",
+)
 API_ROLES = ("anon", "authenticated", "service_role")
 SERVICE_ROLE_SQL = Path(__file__).resolve().parents[2] / "db" / "supabase" / "service_role.sql"
 
@@ -179,7 +185,7 @@ def test_every_migration_applies_as_a_non_superuser_owner(supabase: SupabaseLike
         ).fetchall()
     assert me == {"rolsuper": False, "rolcreaterole": True}
     assert schema_owner == {"name": OWNER}
-    # 0001's and 0013's group roles, made by the owner with CREATEROLE alone; none can log in
+    # 0001's, 0013's and 0026's group roles, made by the owner with CREATEROLE alone; no login
     assert groups == [{"rolname": name, "rolcanlogin": False} for name in GROUP_ROLES]
 
 
@@ -346,6 +352,16 @@ def test_agent_meter_on_supabase_layout_reserves_and_settles(
         ]
         assert conn.execute("select * from api.ledger_audit()").fetchall() == []
     assert kinds == ["admin_adjustment", "reserve"]
+
+
+def test_the_agent_login_still_sweeps_expired_holds(edge_logins: dict[str, str]):
+    """0026 granted the sweep to tokenbill_sweeper alone; the agent-meter's login keeps it
+    through tokenbill_app's membership, on each server major (its sweep's failures are only
+    logged, so a call refused would go unnoticed by the requests above)."""
+    with psycopg.connect(edge_logins["agent"], autocommit=True) as conn:
+        conn.execute("set role tokenbill_app")
+        [settled] = conn.execute("select api.expire_agent_holds()").fetchone() or [None]
+    assert isinstance(settled, int)  # refused: InsufficientPrivilege above
 
 
 def test_each_login_does_only_its_own_functions_work(

@@ -7,9 +7,9 @@ the group roles given, and holds nothing until it runs ``SET ROLE`` (webapp.db d
     flask --app webapp db-logins --admin-url URL --database-url URL [--prefix tokenbill]
 
 creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin, the web app), ``<prefix>_stripe``
-(tokenbill_webhook) and ``<prefix>_workers`` (tokenbill_notifier + tokenbill_app: the
-background loops claim top-ups and alerts and settle expired agent holds, and cannot make
-admins or apply Stripe events) and prints ``export DATABASE_URL=...``,
+(tokenbill_webhook) and ``<prefix>_workers`` (tokenbill_notifier + tokenbill_sweeper: the
+background loops claim top-ups and alerts and settle expired agent holds, and cannot act as the
+web app, make admins or apply Stripe events) and prints ``export DATABASE_URL=...``,
 ``export WEBHOOK_DATABASE_URL=...`` and ``export WORKER_DATABASE_URL=...`` lines for eval.
 Passwords come from --web-password/--stripe-password/--workers-password
 (WEB_DB_PASSWORD/STRIPE_DB_PASSWORD/WORKERS_DB_PASSWORD), else .data/db-logins (0600, made
@@ -32,7 +32,7 @@ DATA_FILE = Path(__file__).resolve().parents[2] / ".data" / "db-logins"
 GROUPS = {
     "web": ["tokenbill_app", "tokenbill_admin"],
     "stripe": ["tokenbill_webhook"],
-    "workers": ["tokenbill_notifier", "tokenbill_app"],
+    "workers": ["tokenbill_notifier", "tokenbill_sweeper"],
 }
 EXPORTS = {
     "web": "DATABASE_URL",

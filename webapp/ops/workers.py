@@ -39,7 +39,7 @@ from .connection import worker_url
 
 log = logging.getLogger("tokenbill.workers")
 
-EXPIRE_ROLE = "tokenbill_app"  # api.expire_agent_holds is the web role's (0014)
+EXPIRE_ROLE = "tokenbill_sweeper"  # may run api.expire_agent_holds and nothing else (0026)
 MAX_BACKOFF = 60.0  # a database that is down for long is retried once a minute
 TICK = 0.5  # how often the supervisor checks its loops and its parent
 

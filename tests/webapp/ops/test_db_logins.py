@@ -7,7 +7,9 @@ import shlex
 import uuid
 
 import psycopg
+import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from webapp.ops import db_logins
 
@@ -41,8 +43,8 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
         assert rows == [
             (f"{prefix}_stripe", False, False, False, ["tokenbill_webhook"]),
             (f"{prefix}_web", False, False, False, ["tokenbill_admin", "tokenbill_app"]),
-            # the background loops: no admin, no Stripe events
-            (f"{prefix}_workers", False, False, False, ["tokenbill_app", "tokenbill_notifier"]),
+            # the background loops: not the web app, no admin, no Stripe events
+            (f"{prefix}_workers", False, False, False, ["tokenbill_notifier", "tokenbill_sweeper"]),
         ]
         with psycopg.connect(exports["WEBHOOK_DATABASE_URL"]) as conn:
             assert conn.execute("select current_user").fetchone() == (f"{prefix}_stripe",)
@@ -50,17 +52,61 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
             assert conn.execute("select current_user").fetchone() == (f"{prefix}_workers",)
         # run again: same logins, memberships unchanged (idempotent)
         db_logins.ensure_login(admin_url, f"{prefix}_web", "pw-web", ["tokenbill_app"])
-        with psycopg.connect(admin_url) as conn:
-            groups = conn.execute(
-                "select array_agg(g.rolname::text) from pg_auth_members m"
-                " join pg_roles g on g.oid = m.roleid join pg_roles u on u.oid = m.member"
-                " where u.rolname = %s",
-                [f"{prefix}_web"],
-            ).fetchone()
-        assert groups == (["tokenbill_app"],)  # a group no longer listed is revoked
+        assert groups_of(admin_url, f"{prefix}_web") == ["tokenbill_app"]  # unlisted: revoked
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            for suffix in ("web", "stripe", "workers"):
-                conn.execute(
-                    sql.SQL("drop role if exists {}").format(sql.Identifier(f"{prefix}_{suffix}"))
-                )
+        drop_logins(admin_url, prefix)
+
+
+def groups_of(admin_url: str, login: str) -> list[str]:
+    """The group roles ``login`` is a member of, by name."""
+    with psycopg.connect(admin_url) as conn:
+        rows = conn.execute(
+            "select g.rolname from pg_auth_members m join pg_roles g on g.oid = m.roleid"
+            " join pg_roles u on u.oid = m.member where u.rolname = %s order by 1",
+            [login],
+        )
+        return [row[0] for row in rows]
+
+
+def drop_logins(admin_url: str, prefix: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for suffix in ("web", "stripe", "workers"):
+            conn.execute(
+                sql.SQL("drop role if exists {}").format(sql.Identifier(f"{prefix}_{suffix}"))
+            )
+
+
+def test_rerunning_takes_the_web_role_from_a_workers_login_made_before_0026(
+    app, admin_url, database_url
+):
+    """A deployment whose workers login was made when the sweep needed tokenbill_app: running
+    db-logins again leaves it tokenbill_notifier + tokenbill_sweeper, and the sweep still runs."""
+    prefix = f"tb_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    workers = f"{prefix}_workers"
+    try:
+        db_logins.ensure_login(
+            admin_url, workers, "pw-workers", ["tokenbill_notifier", "tokenbill_app"]
+        )
+        result = app.test_cli_runner().invoke(
+            args=[
+                "db-logins",
+                "--admin-url", admin_url,
+                "--database-url", database_url,
+                "--prefix", prefix,
+                "--web-password", "pw-web",
+                "--stripe-password", "pw-stripe",
+                "--workers-password", "pw-workers",
+            ]
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+        assert groups_of(admin_url, workers) == ["tokenbill_notifier", "tokenbill_sweeper"]
+        url = make_conninfo(database_url, user=workers, password="pw-workers")
+        with psycopg.connect(url) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("set role tokenbill_app")
+            conn.rollback()
+            conn.execute("set role tokenbill_sweeper")
+            assert conn.execute("select api.expire_agent_holds()").fetchone() is not None
+    finally:
+        drop_logins(admin_url, prefix)

@@ -243,6 +243,33 @@ def test_one_pass_does_all_three_jobs_as_the_workers_login(
             conn.rollback()
 
 
+# What a stolen WORKER_DATABASE_URL must not reach: the web app's account and key calls.
+WEB_ONLY_CALLS = {
+    "a password hash": "select * from api.user_credentials(%(email)s)",
+    "a new API key": "select api.create_api_key(%(user)s, 'stolen', 'tb_stolen', 'x')",
+}
+
+
+def test_a_stolen_workers_login_cannot_act_as_the_web_app(workers_login, owner, make_user):
+    """The adversary holds the workers' URL: it may settle expired holds, but neither SET ROLE
+    tokenbill_app nor, as any role it may take, read a password hash or mint an API key."""
+    email = f"victim-{uuid.uuid4().hex[:8]}@example.test"
+    victim = {"email": email, "user": make_user(email=email, password_hash="victim-hash")}
+    with psycopg.connect(workers_login) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("set role tokenbill_app")
+        conn.rollback()
+        for role in db_logins.GROUPS["workers"]:
+            for what, call in WEB_ONLY_CALLS.items():
+                conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(call, victim)
+                    pytest.fail(f"as {role} the workers login got {what}")
+                conn.rollback()
+    keys = owner.execute("select id from api.api_keys where user_id = %s", [victim["user"]])
+    assert keys.fetchall() == []
+
+
 def test_the_lock_admits_one_supervisor(tmp_path):
     first = take_lock(tmp_path / "workers.lock")
     assert first is not None
