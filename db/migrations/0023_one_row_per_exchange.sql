@@ -325,7 +325,8 @@ begin
     end if;
 
     for v_attempt in 1 .. 2 loop
-        -- The reservation in one statement: the price, the balance (only if it covers the
+        -- The reservation in one statement: the price (tokenbill.price_for's rule, inlined:
+        -- a function call here would cost every request), the balance (only if it covers the
         -- price and the conversation, if any, is this user's), the exchange, and hanging off
         -- the exchange's INSERT its ledger row and the conversation. Nothing of it is written
         -- when a twin committed this request id first (ON CONFLICT DO NOTHING) but the move.
@@ -404,8 +405,8 @@ begin
         exit when v_attempt = 2;
 
         -- Not reserved: look why. The user, their overdue holds, this request id seen before,
-        -- the price, the conversation's owner: one statement (again after closing overdue
-        -- holds, which may change this request's own outcome).
+        -- the conversation's owner: one statement (again after closing overdue holds, which
+        -- may change this request's own outcome).
         for i in 1 .. 2 loop
             select u.balance,
                    exists (select from tokenbill.exchanges o
@@ -413,23 +414,16 @@ begin
                               and o.expires_at <= now()),
                    e.conversation_id, e.reply_status, e.reply, e.error, e.cost,
                    e.request_hash, e.reserved, e.charged,
-                   pr.agent, pr.max_per_call,
                    p_conversation_id is null
                    or exists (select from tokenbill.conversations c
                                where c.id = p_conversation_id and c.user_id = p_user_id)
               into v_balance, v_overdue, v_prior_conversation, v_prior_status, v_prior_reply,
                    v_prior_error, v_prior_cost, v_prior_hash, v_prior_reserved,
-                   v_prior_charged, v_price.agent, v_price.max_per_call, v_owner_ok
+                   v_prior_charged, v_owner_ok
               from (select) one
               left join tokenbill.users u on u.id = p_user_id
               left join tokenbill.exchanges e
-                on e.user_id = p_user_id and e.request_id = p_request_id
-              left join lateral (
-                    select p.agent, p.max_per_call
-                      from tokenbill.prices p
-                     where p.agent in (p_agent, '*')
-                     order by p.agent = '*'
-                     limit 1) pr on true;
+                on e.user_id = p_user_id and e.request_id = p_request_id;
             if v_balance is null then
                 raise exception 'unknown user %', p_user_id using errcode = 'TB002';
             end if;
@@ -464,10 +458,7 @@ begin
         if not v_owner_ok then
             raise exception 'unknown conversation %', p_conversation_id using errcode = 'TB002';
         end if;
-        if v_price.agent is null then
-            raise exception 'no price for agent % and no ''*'' price', p_agent
-                using errcode = 'TB002';
-        end if;
+        v_price := tokenbill.price_for(p_agent);  -- the rule the reservation inlines; TB002
         -- short, unless closing overdue holds (or a concurrent settle) gave tokens back
         exit when not v_expired and v_balance < v_price.max_per_call;
     end loop;

