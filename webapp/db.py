@@ -95,7 +95,9 @@ class Database:
             kwargs=kwargs,
             configure=self._configure,
             check=self._check,
-            reset=self._stamp if ping_after_idle else None,
+            # No reset callback: with one, psycopg_pool hands every returned connection to
+            # its worker thread, which cost a thread switch per call (docs/performance.md);
+            # _checkout stamps the time of return itself.
             name=name,
         )
 
@@ -109,8 +111,16 @@ class Database:
             return
         ConnectionPool.check_connection(conn)
 
-    def _stamp(self, conn: psycopg.Connection[Any]) -> None:
-        self._returned_at[conn] = monotonic()
+    @contextmanager
+    def _checkout(self, timeout: float | None) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection; when pings are skipped for busy connections, note when it
+        went back (what _check reads), on the caller's thread."""
+        with self.pool.connection(timeout=timeout) as conn:
+            try:
+                yield conn  # type: ignore[misc]
+            finally:
+                if self.ping_after_idle:
+                    self._returned_at[conn] = monotonic()
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self.transaction_pooler:  # else set per transaction, in connection()
@@ -141,7 +151,7 @@ class Database:
         that role (``SET LOCAL``: it ends with the transaction, the pool's role comes back).
         Behind a transaction pooler every transaction sets the pool's role that way too.
         """
-        with self.pool.connection(timeout=timeout) as conn:
+        with self._checkout(timeout) as conn:
             role = g.get("db_local_role") if self.request_roles and has_request_context() else None
             role = role or (self.role if self.transaction_pooler else None)
             if role:
@@ -166,7 +176,7 @@ class Database:
         if local_role or self.transaction_pooler:
             with self.connection(timeout=timeout) as conn:
                 return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
-        with self.pool.connection(timeout=timeout) as conn:
+        with self._checkout(timeout) as conn:
             conn.autocommit = True
             try:
                 return conn.execute(query, params).fetchone()  # type: ignore[arg-type]

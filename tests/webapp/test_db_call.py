@@ -70,6 +70,19 @@ def test_a_connection_that_died_in_steady_use_fails_one_call_then_the_pool_recov
         assert db.call("select 1 as one") == {"one": 1}
 
 
+def test_a_webhook_call_gives_its_connection_back_before_it_returns(make_app):
+    """The time a connection went back is noted on the caller's thread: a pool reset callback
+    would send every returned connection through the pool's worker thread (a thread switch
+    per call, and a pool that grows when the next call comes before the worker ran)."""
+    app = make_app(DATABASE_POOL_MAX=1)
+    with app.app_context():
+        db = get_webhook_db()
+        db.pool.wait()
+        for _ in range(50):
+            assert db.call("select 1 as one") == {"one": 1}
+            assert db.pool.get_stats().get("pool_available") == 1
+
+
 def test_the_app_pool_pings_every_checkout(make_app, owner):
     app = make_app(DATABASE_POOL_MAX=1)
     with app.app_context():
