@@ -5,7 +5,8 @@
    row, ledger row), sent from C concurrent keep-alive clients, and the same deliveries to
    the bench-only control ``/bench/webhook-verify-only`` (the webhook's own signature check,
    no database), in alternating rounds so that drift in a shared machine's load hits both,
-   after a few uncounted deliveries of each at that concurrency (connections, plpgsql caches).
+   after uncounted deliveries of each from as many sessions as the server has threads (every
+   worker's pool connections opened, plpgsql caches filled).
 2. Agent-endpoint latency with the offline agent: the real ``POST /api/agent`` with an API key
    (billing on: begin/charge, history lookup, finish) against the bench-only control route
    ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
@@ -142,6 +143,11 @@ def _post_webhooks(
     )
 
 
+def warm_up_sessions(clients: int) -> int:
+    """Client sessions of the uncounted warm-up before ``clients`` clients' rounds."""
+    return max(clients, WORKERS * THREADS)
+
+
 def bench_webhooks(url: str, owner: psycopg.Connection[Any], settings: Settings) -> list[list[Any]]:
     """Per client count: the grants and the same deliveries to the signature-only control, in
     alternating rounds (grant, control, control, grant, ...) so that a machine getting busier
@@ -152,11 +158,16 @@ def bench_webhooks(url: str, owner: psycopg.Connection[Any], settings: Settings)
         f"control: {VERIFY_ONLY_PATH} (signature only)": VERIFY_ONLY_PATH,
     }
     for clients in settings.clients:
-        # Warm up at this concurrency, uncounted (like the agent benchmark): the pools open
-        # their connections and each new backend compiles the plpgsql functions once.
-        warm_up = _webhook_bodies(owner, WARM_UP_PER_CLIENT * clients)
+        # Warm up, uncounted (like the agent benchmark): the pools open their connections and
+        # each new backend compiles the plpgsql functions once. Every round opens new client
+        # connections, and the kernel hands each to either gunicorn worker: warmed from as
+        # many sessions as the server has threads, every worker's pool holds what this
+        # concurrency needs before the clock starts (a first grant on a new database
+        # connection takes 6-10 ms, which is the pool growing, not the grant).
+        warm_clients = warm_up_sessions(clients)
+        warm_up = _webhook_bodies(owner, WARM_UP_PER_CLIENT * warm_clients)
         for path in routes.values():
-            _post_webhooks(url, warm_up, clients, path)
+            _post_webhooks(url, warm_up, warm_clients, path)
         bodies = _webhook_bodies(owner, settings.webhooks)
         progress(f"webhooks: {len(bodies)} deliveries from {clients} client(s)")
         rounds = max(1, min(WEBHOOK_ROUNDS, len(bodies)))
@@ -281,7 +292,9 @@ def run(admin_url: str, settings: Settings) -> str:
                 audit, _ = ledger_audit(owner)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
-    expected = sum(settings.webhooks + WARM_UP_PER_CLIENT * c for c in settings.clients)
+    expected = sum(
+        settings.webhooks + WARM_UP_PER_CLIENT * warm_up_sessions(c) for c in settings.clients
+    )
     return "\n".join(
         [
             f"gunicorn: {WORKERS} workers x {THREADS} threads, offline agent",

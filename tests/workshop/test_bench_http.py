@@ -103,7 +103,7 @@ def test_tiny_run_prints_every_row(admin_url: str, capsys: pytest.CaptureFixture
         (f"control: POST {UNBILLED_PATH}", "6", "0"),
     ]
     assert [r[0] for r in overhead[1:]] == ["difference (ms)", "ratio (billed / control)"]
-    warm_ups = bench_http.WARM_UP_PER_CLIENT * (1 + 2)
+    warm_ups = bench_http.WARM_UP_PER_CLIENT * sum(map(bench_http.warm_up_sessions, (1, 2)))
     assert (
         f"checked: {12 + warm_ups} of {12 + warm_ups} payments granted; ledger audit empty" in out
     )
