@@ -16,6 +16,7 @@ trusted: statements are never prepared server-side, and every transaction starts
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from time import monotonic
@@ -36,10 +37,11 @@ WEBHOOK_EXTENSION_KEY = "tokenbill_webhook_db"
 APP_ROLE = "tokenbill_app"
 WEBHOOK_ROLE = "tokenbill_webhook"
 ADMIN_ROLE = "tokenbill_admin"
-# The webhook pool pings only connections idle this long: every delivery is retried by Stripe
-# on a 5xx, so a connection that died while in steady use costs one retried delivery, and each
-# grant saves a round trip (docs/performance.md).
-WEBHOOK_PING_AFTER_IDLE_SECONDS = 2.0
+# A pooled connection last handed out less than this long ago, on whose socket the server has
+# sent nothing since, is handed out again without a ping (Database._check): the agent
+# endpoint's begin and settle, a webhook's grant and a page's queries save a round trip each
+# (docs/performance.md).
+PING_AFTER_IDLE_SECONDS = 2.0
 
 Row = dict[str, Any]
 
@@ -61,6 +63,17 @@ def connect_as(url: str, role: str | None = APP_ROLE, **kwargs: Any) -> psycopg.
     return conn
 
 
+def _has_input(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection's socket is readable (or closed, or in error): the server sent
+    something nobody asked for, which on an idle connection means it is ending it."""
+    try:
+        poller = select.poll()
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, psycopg.Error):
+        return True
+
+
 class Database:
     """A psycopg pool with small helpers returning dict rows."""
 
@@ -72,13 +85,13 @@ class Database:
         name: str = "tokenbill",
         request_roles: bool = False,
         transaction_pooler: bool = False,
-        ping_after_idle: float = 0.0,
+        ping_after_idle: float = PING_AFTER_IDLE_SECONDS,
     ) -> None:
         self.url = url
-        # A connection back in the pool less than this many seconds ago is handed out without
-        # a ping (0: ping on every checkout). See _check.
+        # A connection handed out less than this many seconds ago, with nothing waiting on its
+        # socket, is handed out again without a ping (0: ping on every checkout). See _check.
         self.ping_after_idle = ping_after_idle
-        self._returned_at: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
+        self._handed_out_at: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
         self.role = role or None
         self.request_roles = request_roles  # honour use_role(); only the web login may switch
         self.transaction_pooler = transaction_pooler
@@ -95,22 +108,30 @@ class Database:
             kwargs=kwargs,
             configure=self._configure,
             check=self._check,
-            reset=self._stamp if ping_after_idle else None,
             name=name,
         )
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
         """Ping a pooled connection before handing it out (the pool replaces a dead one), unless
-        it came back less than ``ping_after_idle`` seconds ago: a connection in steady use
-        skips that round trip, and if the server went away meanwhile its one statement fails
-        like any database trouble (the webhook answers 5xx and Stripe retries)."""
-        returned = self._returned_at.get(conn)
-        if returned is not None and monotonic() - returned < self.ping_after_idle:
+        it was handed out less than ``ping_after_idle`` seconds ago and the server has sent
+        nothing on it since. A server that ends a connection (a restart,
+        ``pg_terminate_backend``, a killed backend, ``idle_session_timeout``) sends its FATAL
+        message or closes the socket, which makes it readable: that connection is pinged and
+        replaced as before, and a quiet one costs no round trip. What a socket cannot show (a
+        host gone without a word) only the ping after ``ping_after_idle`` seconds finds; a
+        connection lost so within that time fails its statement like any database trouble
+        (503, and the client or Stripe retries).
+
+        The time is taken here, at checkout, not by a pool ``reset`` callback: with one, psycopg
+        returns every connection through a worker thread (a thread hand-off per statement,
+        and a connection not yet back when the next checkout comes).
+        """
+        now = monotonic()
+        last = self._handed_out_at.get(conn)
+        self._handed_out_at[conn] = now
+        if last is not None and now - last < self.ping_after_idle and not _has_input(conn):
             return
         ConnectionPool.check_connection(conn)
-
-    def _stamp(self, conn: psycopg.Connection[Any]) -> None:
-        self._returned_at[conn] = monotonic()
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self.transaction_pooler:  # else set per transaction, in connection()
@@ -200,7 +221,6 @@ def init_app(app: Flask) -> None:
         config["DATABASE_POOL_MAX"],
         name="tokenbill-webhook",
         transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
-        ping_after_idle=WEBHOOK_PING_AFTER_IDLE_SECONDS,
     )
     app.extensions[EXTENSION_KEY] = database
     app.extensions[WEBHOOK_EXTENSION_KEY] = webhook
