@@ -169,38 +169,43 @@ class Database:
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
             yield conn  # type: ignore[misc]
 
+    @contextmanager
+    def _statement(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Row]]:
+        """A connection for ONE statement, which PostgreSQL runs atomically by itself: in
+        autocommit, one round trip instead of three (BEGIN, the statement, COMMIT). When the
+        transaction must start with ``SET LOCAL ROLE`` (a request that chose a narrower role,
+        or behind a transaction pooler) it is connection()'s transaction instead."""
+        local_role = self.request_roles and has_request_context() and g.get("db_local_role")
+        if local_role or self.transaction_pooler:
+            with self.connection(timeout=timeout) as conn:
+                yield conn
+            return
+        with self.pool.connection(timeout=timeout) as conn:
+            conn.autocommit = True
+            try:
+                yield conn  # type: ignore[misc]
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    conn.autocommit = False  # a broken connection is discarded by the pool
+
     def call(
         self,
         query: str,
         params: Sequence[Any] | dict[str, Any] = (),
         timeout: float | None = None,
     ) -> Row | None:
-        """Run one statement as its own transaction and return its first row.
-
-        For a single call of a database function (atomic by itself): the statement runs in
-        autocommit, so it costs one round trip instead of three (BEGIN, the call, COMMIT).
-        When the transaction must start with ``SET LOCAL ROLE`` (a request that chose a
-        narrower role, or behind a transaction pooler) it runs inside connection()'s
-        transaction instead, exactly as fetch_one.
-        """
-        local_role = self.request_roles and has_request_context() and g.get("db_local_role")
-        if local_role or self.transaction_pooler:
-            with self.connection(timeout=timeout) as conn:
-                return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
-        with self.pool.connection(timeout=timeout) as conn:
-            conn.autocommit = True
-            try:
-                return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
-            finally:
-                if conn.info.transaction_status == TransactionStatus.IDLE:
-                    conn.autocommit = False  # a broken connection is discarded by the pool
-
-    def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        with self.connection() as conn:
+        """Run one statement as its own transaction and return its first row (a database
+        function's call, a lookup): one round trip."""
+        with self._statement(timeout) as conn:
             return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
 
+    def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        """The first row of one statement (see call)."""
+        return self.call(query, params)
+
     def fetch_all(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-        with self.connection() as conn:
+        """Every row of one statement, as its own transaction: one round trip."""
+        with self._statement() as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
 

@@ -1,9 +1,10 @@
 """What one billed agent request sends to PostgreSQL: billing is begin and settle, one round
 trip each.
 
-Each is its own transaction in autocommit (no BEGIN/COMMIT around it) on a connection handed
-out without a liveness ping (webapp/db.py); a request that starts a conversation looks up no
-history. Counted from libpq's own trace of the real connection (tests/support/pg_wire.py).
+Every statement is its own transaction in autocommit (no BEGIN/COMMIT around it) on a
+connection handed out without a liveness ping (webapp/db.py); a request that starts a
+conversation looks up no history, one that continues it adds one statement. Counted from
+libpq's own trace of the real connection (tests/support/pg_wire.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,9 @@ from tests.support.pg_wire import round_trips
 from webapp.db import get_db
 
 AUTHENTICATION = [
-    "BEGIN",
     "select api.user_for_api_key($1) as user_id",
-    "COMMIT",
-    "BEGIN",
     "select id, email, is_admin, balance, low_balance_threshold, low_balance_alert"
     " from api.accounts where id = $1",
-    "COMMIT",
 ]
 BEGIN = "select * from api.begin_agent_request($1, $2, $3, $4, $5, $6, $7)"
 SETTLE = "select * from api.settle_agent_request($1, $2, $3, $4, $5, $6, $7)"
@@ -48,6 +45,5 @@ def test_a_continued_conversation_adds_its_history_lookup(make_app, owner, membe
     assert response.status_code == 200 and response.json["balance"] == 3
     assert sent[: len(AUTHENTICATION) + 1] == [*AUTHENTICATION, BEGIN]
     assert sent[-1] == SETTLE
-    history = sent[len(AUTHENTICATION) + 1 : -1]
-    assert history[0] == "BEGIN" and history[-1] == "COMMIT" and len(history) == 3
-    assert "from api.messages" in history[1]
+    (history,) = sent[len(AUTHENTICATION) + 1 : -1]  # one statement, no BEGIN/COMMIT
+    assert "from api.messages" in history

@@ -12,6 +12,7 @@ backend) is still found and replaced before a statement is sent on it.
 from __future__ import annotations
 
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -81,7 +82,17 @@ def test_a_quiet_connection_in_steady_use_costs_no_ping(make_app, pool):
         with round_trips(db) as sent:
             db.call("select 1 as one")
             db.fetch_one("select 2 as two")
-        assert sent == ["select 1 as one", "BEGIN", "select 2 as two", "COMMIT"]
+            db.fetch_all("select 3 as three")
+            with db.connection() as conn:  # a transaction of several statements
+                conn.execute("select 4 as four")
+        assert sent == [
+            "select 1 as one",
+            "select 2 as two",
+            "select 3 as three",
+            "BEGIN",
+            "select 4 as four",
+            "COMMIT",
+        ]
 
 
 def test_a_connection_not_handed_out_for_ping_after_idle_seconds_is_pinged(make_app):
@@ -116,10 +127,33 @@ def test_a_call_is_one_statement_without_a_transaction_around_it(database_url: s
         # a transaction's now() is its start: equal to the statement's only when nothing
         # (no separate BEGIN) came first
         assert db.call(ALONE) == {"alone": True, "who": "tokenbill_app"}
-        assert db.fetch_one(ALONE) == {"alone": False, "who": "tokenbill_app"}
+        assert db.fetch_one(ALONE) == {"alone": True, "who": "tokenbill_app"}
+        assert db.fetch_all(ALONE) == [{"alone": True, "who": "tokenbill_app"}]
         with db.connection() as conn:
+            assert conn.execute(ALONE).fetchone() == {"alone": False, "who": "tokenbill_app"}
             assert conn.autocommit is False  # the pool's connections stay transactional
     finally:
+        db.close()
+
+
+def test_a_failed_statement_commits_nothing_and_leaves_the_connection_usable(
+    database_url: str, owner
+) -> None:
+    """One statement is still atomic: a function that writes and then fails leaves nothing."""
+    db = Database(database_url, None, max_size=1)  # the owner's login: it may create tables
+    db.open()
+    table = f"scratch_{uuid.uuid4().hex[:8]}"
+    owner.execute(f"create table {table} (n int check (n < 2))")
+    try:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            db.fetch_all(f"insert into {table} values (1), (2) returning n")
+        assert owner.execute(f"select count(*) as n from {table}").fetchone() == {"n": 0}
+        assert db.fetch_all(f"insert into {table} values (1) returning n") == [{"n": 1}]
+        assert owner.execute(f"select count(*) as n from {table}").fetchone() == {"n": 1}
+        with db.connection() as conn:
+            assert conn.autocommit is False
+    finally:
+        owner.execute(f"drop table {table}")
         db.close()
 
 
@@ -127,3 +161,4 @@ def test_a_call_in_a_request_with_a_narrower_role_runs_in_its_transaction(app: F
     with app.test_request_context("/"):
         use_role(ADMIN_ROLE)
         assert get_db().call(ALONE) == {"alone": False, "who": ADMIN_ROLE}
+        assert get_db().fetch_all(ALONE) == [{"alone": False, "who": ADMIN_ROLE}]
