@@ -13,10 +13,9 @@ from tests.support.agents import ask, bearer, create_key
 from tests.support.pg_wire import round_trips
 from webapp.db import get_db
 
-AUTHENTICATION = [
-    "select api.user_for_api_key($1) as user_id",
+AUTHENTICATION = [  # the key's user and account, in one statement
     "select id, email, is_admin, balance, low_balance_threshold, low_balance_alert"
-    " from api.accounts where id = $1",
+    " from api.user_for_api_key($1) as k (user_id) join api.accounts on accounts.id = k.user_id",
 ]
 BEGIN = "select * from api.begin_agent_request($1, $2, $3, $4, $5, $6, $7)"
 SETTLE = "select * from api.settle_agent_request($1, $2, $3, $4, $5, $6, $7)"
