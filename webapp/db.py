@@ -12,6 +12,11 @@ Behind a transaction pooler (PgBouncer ``pool_mode = transaction``, DATABASE_TRA
 a client connection's transactions land on any server connection, so session state cannot be
 trusted: statements are never prepared server-side, and every transaction starts with
 ``SET LOCAL ROLE`` (the role then lives exactly as long as the server connection is ours).
+
+Otherwise a single statement (``call``, ``fetch_one``, ``fetch_all``) runs in autocommit, one
+round trip, on a connection handed out without a liveness ping while it is in steady use
+(``_check``): an agent request's billing is two round trips, begin and settle
+(docs/performance.md).
 """
 
 from __future__ import annotations
