@@ -12,10 +12,16 @@ Behind a transaction pooler (PgBouncer ``pool_mode = transaction``, DATABASE_TRA
 a client connection's transactions land on any server connection, so session state cannot be
 trusted: statements are never prepared server-side, and every transaction starts with
 ``SET LOCAL ROLE`` (the role then lives exactly as long as the server connection is ours).
+
+Otherwise a single statement (``call``, ``fetch_one``, ``fetch_all``) runs in autocommit, one
+round trip, on a connection handed out without a liveness ping while it is in steady use
+(``_check``): an agent request's billing is two round trips, begin and settle
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from time import monotonic
@@ -36,10 +42,11 @@ WEBHOOK_EXTENSION_KEY = "tokenbill_webhook_db"
 APP_ROLE = "tokenbill_app"
 WEBHOOK_ROLE = "tokenbill_webhook"
 ADMIN_ROLE = "tokenbill_admin"
-# The webhook pool pings only connections idle this long: every delivery is retried by Stripe
-# on a 5xx, so a connection that died while in steady use costs one retried delivery, and each
-# grant saves a round trip (docs/performance.md).
-WEBHOOK_PING_AFTER_IDLE_SECONDS = 2.0
+# A pooled connection last handed out less than this long ago, on whose socket the server has
+# sent nothing since, is handed out again without a ping (Database._check): the agent
+# endpoint's begin and settle, a webhook's grant and a page's queries save a round trip each
+# (docs/performance.md).
+PING_AFTER_IDLE_SECONDS = 2.0
 
 Row = dict[str, Any]
 
@@ -61,6 +68,17 @@ def connect_as(url: str, role: str | None = APP_ROLE, **kwargs: Any) -> psycopg.
     return conn
 
 
+def _has_input(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection's socket is readable (or closed, or in error): the server sent
+    something nobody asked for, which on an idle connection means it is ending it."""
+    try:
+        poller = select.poll()
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, psycopg.Error):
+        return True
+
+
 class Database:
     """A psycopg pool with small helpers returning dict rows."""
 
@@ -72,13 +90,13 @@ class Database:
         name: str = "tokenbill",
         request_roles: bool = False,
         transaction_pooler: bool = False,
-        ping_after_idle: float = 0.0,
+        ping_after_idle: float = PING_AFTER_IDLE_SECONDS,
     ) -> None:
         self.url = url
-        # A connection back in the pool less than this many seconds ago is handed out without
-        # a ping (0: ping on every checkout). See _check.
+        # A connection handed out less than this many seconds ago, with nothing waiting on its
+        # socket, is handed out again without a ping (0: ping on every checkout). See _check.
         self.ping_after_idle = ping_after_idle
-        self._returned_at: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
+        self._handed_out_at: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
         self.role = role or None
         self.request_roles = request_roles  # honour use_role(); only the web login may switch
         self.transaction_pooler = transaction_pooler
@@ -95,32 +113,30 @@ class Database:
             kwargs=kwargs,
             configure=self._configure,
             check=self._check,
-            # No reset callback: with one, psycopg_pool hands every returned connection to
-            # its worker thread, which cost a thread switch per call (docs/performance.md);
-            # _checkout stamps the time of return itself.
             name=name,
         )
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
         """Ping a pooled connection before handing it out (the pool replaces a dead one), unless
-        it came back less than ``ping_after_idle`` seconds ago: a connection in steady use
-        skips that round trip, and if the server went away meanwhile its one statement fails
-        like any database trouble (the webhook answers 5xx and Stripe retries)."""
-        returned = self._returned_at.get(conn)
-        if returned is not None and monotonic() - returned < self.ping_after_idle:
+        it was handed out less than ``ping_after_idle`` seconds ago and the server has sent
+        nothing on it since. A server that ends a connection (a restart,
+        ``pg_terminate_backend``, a killed backend, ``idle_session_timeout``) sends its FATAL
+        message or closes the socket, which makes it readable: that connection is pinged and
+        replaced as before, and a quiet one costs no round trip. What a socket cannot show (a
+        host gone without a word) only the ping after ``ping_after_idle`` seconds finds; a
+        connection lost so within that time fails its statement like any database trouble
+        (503, and the client or Stripe retries).
+
+        The time is taken here, at checkout, not by a pool ``reset`` callback: with one, psycopg
+        returns every connection through a worker thread (a thread hand-off per statement,
+        and a connection not yet back when the next checkout comes).
+        """
+        now = monotonic()
+        last = self._handed_out_at.get(conn)
+        self._handed_out_at[conn] = now
+        if last is not None and now - last < self.ping_after_idle and not _has_input(conn):
             return
         ConnectionPool.check_connection(conn)
-
-    @contextmanager
-    def _checkout(self, timeout: float | None) -> Iterator[psycopg.Connection[Row]]:
-        """A pooled connection; when pings are skipped for busy connections, note when it
-        went back (what _check reads), on the caller's thread."""
-        with self.pool.connection(timeout=timeout) as conn:
-            try:
-                yield conn  # type: ignore[misc]
-            finally:
-                if self.ping_after_idle:
-                    self._returned_at[conn] = monotonic()
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self.transaction_pooler:  # else set per transaction, in connection()
@@ -151,12 +167,31 @@ class Database:
         that role (``SET LOCAL``: it ends with the transaction, the pool's role comes back).
         Behind a transaction pooler every transaction sets the pool's role that way too.
         """
-        with self._checkout(timeout) as conn:
+        with self.pool.connection(timeout=timeout) as conn:
             role = g.get("db_local_role") if self.request_roles and has_request_context() else None
             role = role or (self.role if self.transaction_pooler else None)
             if role:
                 conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
             yield conn  # type: ignore[misc]
+
+    @contextmanager
+    def _statement(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Row]]:
+        """A connection for ONE statement, which PostgreSQL runs atomically by itself: in
+        autocommit, one round trip instead of three (BEGIN, the statement, COMMIT). When the
+        transaction must start with ``SET LOCAL ROLE`` (a request that chose a narrower role,
+        or behind a transaction pooler) it is connection()'s transaction instead."""
+        local_role = self.request_roles and has_request_context() and g.get("db_local_role")
+        if local_role or self.transaction_pooler:
+            with self.connection(timeout=timeout) as conn:
+                yield conn
+            return
+        with self.pool.connection(timeout=timeout) as conn:
+            conn.autocommit = True
+            try:
+                yield conn  # type: ignore[misc]
+            finally:
+                if conn.info.transaction_status == TransactionStatus.IDLE:
+                    conn.autocommit = False  # a broken connection is discarded by the pool
 
     def call(
         self,
@@ -164,32 +199,18 @@ class Database:
         params: Sequence[Any] | dict[str, Any] = (),
         timeout: float | None = None,
     ) -> Row | None:
-        """Run one statement as its own transaction and return its first row.
-
-        For a single call of a database function (atomic by itself): the statement runs in
-        autocommit, so it costs one round trip instead of three (BEGIN, the call, COMMIT).
-        When the transaction must start with ``SET LOCAL ROLE`` (a request that chose a
-        narrower role, or behind a transaction pooler) it runs inside connection()'s
-        transaction instead, exactly as fetch_one.
-        """
-        local_role = self.request_roles and has_request_context() and g.get("db_local_role")
-        if local_role or self.transaction_pooler:
-            with self.connection(timeout=timeout) as conn:
-                return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
-        with self._checkout(timeout) as conn:
-            conn.autocommit = True
-            try:
-                return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
-            finally:
-                if conn.info.transaction_status == TransactionStatus.IDLE:
-                    conn.autocommit = False  # a broken connection is discarded by the pool
-
-    def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
-        with self.connection() as conn:
+        """Run one statement as its own transaction and return its first row (a database
+        function's call, a lookup): one round trip."""
+        with self._statement(timeout) as conn:
             return conn.execute(query, params).fetchone()  # type: ignore[arg-type]
 
+    def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        """The first row of one statement (see call)."""
+        return self.call(query, params)
+
     def fetch_all(self, query: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-        with self.connection() as conn:
+        """Every row of one statement, as its own transaction: one round trip."""
+        with self._statement() as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
 
@@ -210,7 +231,6 @@ def init_app(app: Flask) -> None:
         config["DATABASE_POOL_MAX"],
         name="tokenbill-webhook",
         transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
-        ping_after_idle=WEBHOOK_PING_AFTER_IDLE_SECONDS,
     )
     app.extensions[EXTENSION_KEY] = database
     app.extensions[WEBHOOK_EXTENSION_KEY] = webhook
