@@ -9,7 +9,6 @@ statement; a database upgraded from 0022 must keep every message, hold and open 
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from psycopg.rows import dict_row
 
 from tests.conftest import audit, balance_of, connect_as_app
 from tests.support.agents import begin_request as begin
+from tests.support.upgrade import funded_user, migrate_before
 from webapp.ops import migrate
 
 
@@ -135,18 +135,9 @@ HOLDS = (
 
 
 def test_upgrading_from_0022_keeps_every_message_and_hold(empty_db: str, tmp_path: Path) -> None:
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in migrate.MIGRATIONS_DIR.glob("*.sql"):
-        if path.name < "0023":
-            shutil.copy(path, before)
-    migrate.upgrade(empty_db, before)
+    migrate_before(empty_db, tmp_path, "0023")
     with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as conn:
-        admin = conn.execute("select api.register_user('a@example.test', 'x') as id").fetchone()
-        conn.execute("select api.set_admin('a@example.test')")
-        user = conn.execute("select api.register_user('u@example.test', 'x') as id").fetchone()
-        user = user["id"]
-        conn.execute("select api.admin_adjust(%s, %s, 20, 'setup')", [admin["id"], user])
+        user = funded_user(conn, 20)
         conn.execute(
             "insert into tokenbill.prices (agent, per_call, per_1k_input, per_1k_output,"
             " max_per_call) values ('sized', 1, 0, 1000, 5)"

@@ -3,33 +3,25 @@ have no hold, so they are released and closed, not left pending (and charged) fo
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import psycopg
 from psycopg.rows import dict_row
 
 from tests.conftest import audit
+from tests.support.upgrade import funded_user, migrate_before
 from webapp.ops import migrate
 
 
 def test_pending_0007_requests_are_released_by_the_upgrade(empty_db, tmp_path: Path):
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in migrate.MIGRATIONS_DIR.glob("*.sql"):
-        if path.name < "0014":
-            shutil.copy(path, before)
-    migrate.upgrade(empty_db, before)
+    migrate_before(empty_db, tmp_path, "0014")
     with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as conn:
-        admin = conn.execute("select api.register_user('a@example.test', 'x') as id").fetchone()
-        conn.execute("select api.set_admin('a@example.test')")
-        user = conn.execute("select api.register_user('u@example.test', 'x') as id").fetchone()
-        conn.execute("select api.admin_adjust(%s, %s, 3, 'setup')", [admin["id"], user["id"]])
+        user = funded_user(conn, 3)
         for request_id in ("running", "finished"):  # 0007's signature: charged at once
             conn.execute(
-                "select api.begin_agent_request(%s, %s, null, 'hi', 1)", [user["id"], request_id]
+                "select api.begin_agent_request(%s, %s, null, 'hi', 1)", [user, request_id]
             )
-        conn.execute("select api.finish_agent_request(%s, 'finished', 'an answer')", [user["id"]])
+        conn.execute("select api.finish_agent_request(%s, 'finished', 'an answer')", [user])
 
     migrate.upgrade(empty_db)
 
@@ -42,14 +34,12 @@ def test_pending_0007_requests_are_released_by_the_upgrade(empty_db, tmp_path: P
             ("finished", "done"),
             ("running", "timeout"),
         ]
-        balance = conn.execute(
-            "select balance from api.accounts where id = %s", [user["id"]]
-        ).fetchone()
+        balance = conn.execute("select balance from api.accounts where id = %s", [user]).fetchone()
         assert balance["balance"] == 2  # the finished request stays paid, the other came back
         assert audit(conn) == []
         # and the replay of the released one tells the client so, for free
         replay = conn.execute(
             "select * from api.begin_agent_request(%s, 'running', null, 'hi', 'offline', 'h', 60)",
-            [user["id"]],
+            [user],
         ).fetchone()
         assert (replay["outcome"], replay["status"]) == ("replayed", "timeout")

@@ -17,17 +17,7 @@ from webapp.ops import db_logins
 def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_url, database_url):
     prefix = f"tb_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
     try:
-        result = app.test_cli_runner().invoke(
-            args=[
-                "db-logins",
-                "--admin-url", admin_url,
-                "--database-url", database_url,
-                "--prefix", prefix,
-                "--web-password", "pw-web",
-                "--stripe-password", "pw-stripe",
-                "--workers-password", "pw-workers",
-            ]
-        )  # fmt: skip
+        result = run_db_logins(app, admin_url, database_url, prefix)
         assert result.exit_code == 0, result.output
         exports = dict(shlex.split(line)[1].split("=", 1) for line in result.output.splitlines())
         assert set(exports) == {"DATABASE_URL", "WEBHOOK_DATABASE_URL", "WORKER_DATABASE_URL"}
@@ -55,6 +45,21 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
         assert groups_of(admin_url, f"{prefix}_web") == ["tokenbill_app"]  # unlisted: revoked
     finally:
         drop_logins(admin_url, prefix)
+
+
+def run_db_logins(app, admin_url: str, database_url: str, prefix: str):
+    """``flask db-logins`` for the three logins named ``prefix``_web/_stripe/_workers."""
+    return app.test_cli_runner().invoke(
+        args=[
+            "db-logins",
+            "--admin-url", admin_url,
+            "--database-url", database_url,
+            "--prefix", prefix,
+            "--web-password", "pw-web",
+            "--stripe-password", "pw-stripe",
+            "--workers-password", "pw-workers",
+        ]
+    )  # fmt: skip
 
 
 def groups_of(admin_url: str, login: str) -> list[str]:
@@ -87,17 +92,7 @@ def test_rerunning_takes_the_web_role_from_a_workers_login_made_before_0026(
         db_logins.ensure_login(
             admin_url, workers, "pw-workers", ["tokenbill_notifier", "tokenbill_app"]
         )
-        result = app.test_cli_runner().invoke(
-            args=[
-                "db-logins",
-                "--admin-url", admin_url,
-                "--database-url", database_url,
-                "--prefix", prefix,
-                "--web-password", "pw-web",
-                "--stripe-password", "pw-stripe",
-                "--workers-password", "pw-workers",
-            ]
-        )  # fmt: skip
+        result = run_db_logins(app, admin_url, database_url, prefix)
         assert result.exit_code == 0, result.output
 
         assert groups_of(admin_url, workers) == ["tokenbill_notifier", "tokenbill_sweeper"]
