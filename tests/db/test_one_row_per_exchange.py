@@ -169,3 +169,49 @@ def test_upgrading_from_0022_keeps_every_message_and_hold(empty_db: str, tmp_pat
         assert (replay["outcome"], replay["reply"]) == ("replayed", "an answer")
         assert balance_of(conn, user) == balance
         assert audit(conn) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing reserved: begin looks why, and writes nothing
+# --------------------------------------------------------------------------------------------
+def test_an_unknown_user_or_no_price_is_refused_and_nothing_is_written(
+    owner: psycopg.Connection, make_user
+) -> None:
+    stranger = uuid.uuid4()
+    with pytest.raises(psycopg.Error) as caught:
+        begin(owner, stranger, "r1")
+    assert caught.value.sqlstate == "TB002"
+    user = make_user(balance=5)
+    owner.execute("begin")
+    try:
+        owner.execute("delete from tokenbill.prices")  # no agent price and no '*' price
+        with pytest.raises(psycopg.Error) as caught:
+            begin(owner, user, "r1")
+        assert caught.value.sqlstate == "TB002"
+        assert "no price" in str(caught.value)
+    finally:
+        owner.execute("rollback")
+    written = owner.execute(
+        "select (select count(*) from tokenbill.exchanges where user_id in (%s, %s)) as n,"
+        " (select count(*) from tokenbill.ledger where user_id = %s and kind = 'reserve') as r",
+        [stranger, user, user],
+    ).fetchone()
+    assert (written["n"], written["r"]) == (0, 0)
+    assert balance_of(owner, user) == 5
+
+
+def test_a_short_balance_is_refused_and_nothing_is_written(owner, app_conn, make_user) -> None:
+    user = make_user(balance=0)
+    row = begin(app_conn, user, "broke", "hi")
+    assert (row["outcome"], row["balance"], row["conversation_id"]) == (
+        "insufficient_tokens",
+        0,
+        None,
+    )
+    assert reserves(owner, user) == 0
+    counts = owner.execute(
+        "select (select count(*) from tokenbill.exchanges where user_id = %s) as e,"
+        " (select count(*) from tokenbill.conversations where user_id = %s) as c",
+        [user, user],
+    ).fetchone()
+    assert (counts["e"], counts["c"]) == (0, 0)
