@@ -184,3 +184,30 @@ def test_the_writers_copy_of_the_auto_topup_threshold_follows_the_settings(
         "select count(*) as n from tokenbill.auto_topups where user_id = %s", [user]
     ).fetchone()
     assert queued["n"] == 1
+
+
+def test_a_balance_write_locks_the_users_row_once(
+    owner: psycopg.Connection, make_user: Callable[..., uuid.UUID]
+) -> None:
+    """0028: a BEFORE UPDATE row trigger on users (0020's profile rules, even limited to
+    UPDATE OF email, low_balance_threshold) makes every UPDATE lock the row before updating
+    it: one more WAL record per balance write, and under one hot account the waiters' lock
+    re-ran the statement's InitPlans. The rules run AFTER now: a balance write is one HOT
+    update, nothing before it."""
+    user = make_user(balance=5)
+    owner.execute("create extension if not exists pg_walinspect")
+    try:
+        owner.execute("begin")
+        xid = owner.execute("select pg_current_xact_id()::text as x").fetchone()["x"]
+        start = owner.execute("select pg_current_wal_insert_lsn() as l").fetchone()["l"]
+        owner.execute("select api.consume(%s, 'one-lock', 1)", [user])
+        owner.execute("commit")
+        records = owner.execute(
+            "select record_type as r from pg_get_wal_records_info(%s, pg_current_wal_flush_lsn())"
+            " where resource_manager = 'Heap' and xid::text = %s",
+            [start, xid],
+        ).fetchall()
+    finally:
+        owner.execute("drop extension pg_walinspect")
+    # the balance, then the ledger row (inserted speculatively: ON CONFLICT, then confirmed)
+    assert [r["r"] for r in records] == ["HOT_UPDATE", "INSERT", "HEAP_CONFIRM"]
