@@ -36,6 +36,11 @@
  *     api.agent_holds keep their columns, over tokenbill.exchanges. Requests from before 0014
  *     (no hold) keep their messages; their hold columns are NULL and api.agent_holds skips them.
  *   - api.ledger_audit checks every exchange that has a hold, as it checked every hold.
+ *   - The conversation's owner is read by the conversation's key alone ((select user_id ...
+ *     where id = $conversation) = $user): as `exists (... where id = $c and user_id = $u)` the
+ *     generic plan scanned conversations_user_idx on user_id and filtered on id — every one
+ *     of the user's conversations, on every request (and, under one hot account, in every
+ *     waiter's EvalPlanQual, which computes InitPlans the request itself skips).
  *   - The exchange's key is (user, request id): its primary key and only unique index. `id`
  *     (identity) keeps the order requests began in, unindexed: a settle changes the open-hold
  *     index's predicate, so it is never HOT and writes every index again — one index fewer is
@@ -342,8 +347,8 @@ begin
               from price pr
              where u.id = p_user_id and u.balance >= pr.max_per_call
                and (p_conversation_id is null
-                    or exists (select from tokenbill.conversations c
-                                where c.id = p_conversation_id and c.user_id = p_user_id))
+                    or (select c.user_id from tokenbill.conversations c
+                         where c.id = p_conversation_id) = p_user_id)
             returning u.balance, u.low_balance_threshold, u.auto_topup_threshold, pr.per_call,
                       pr.per_1k_input, pr.per_1k_output, pr.max_per_call),
         exchange as (
@@ -415,8 +420,8 @@ begin
                    e.conversation_id, e.reply_status, e.reply, e.error, e.cost,
                    e.request_hash, e.reserved, e.charged,
                    p_conversation_id is null
-                   or exists (select from tokenbill.conversations c
-                               where c.id = p_conversation_id and c.user_id = p_user_id)
+                   or (select c.user_id from tokenbill.conversations c
+                        where c.id = p_conversation_id) = p_user_id
               into v_balance, v_overdue, v_prior_conversation, v_prior_status, v_prior_reply,
                    v_prior_error, v_prior_cost, v_prior_hash, v_prior_reserved,
                    v_prior_charged, v_owner_ok

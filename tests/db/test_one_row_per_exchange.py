@@ -215,3 +215,45 @@ def test_a_short_balance_is_refused_and_nothing_is_written(owner, app_conn, make
         [user, user],
     ).fetchone()
     assert (counts["e"], counts["c"]) == (0, 0)
+
+
+def test_the_owner_check_reads_one_conversation_not_all_of_the_users(empty_db: str) -> None:
+    """An API client can own thousands of conversations. The owner check finds the
+    conversation by its key: as `exists (... where id = $c and user_id = $u)`, when statistics
+    say one conversation per user (the planner cannot tell the two indexes apart) the generic
+    plan — a session's sixth call on — scanned conversations_user_idx on user_id and filtered
+    on id, so every one of the user's conversations on every request; under one hot account
+    every waiter's EvalPlanQual did it even for new conversations (throughput fell run after
+    run as conversations piled up)."""
+    migrate.upgrade(empty_db)
+    with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as owner:
+        user = funded_user(owner, 100)
+        conversation = begin(owner, user, "first")["conversation_id"]
+        owner.execute(  # 200 users with one conversation each: statistics say one per user
+            "with u as (insert into tokenbill.users (email, password_hash)"
+            "  select 'many' || g || '@example.test', 'x' from generate_series(1, 200) g"
+            "  returning id)"
+            " insert into tokenbill.conversations (user_id, title) select id, 'one' from u"
+        )
+        owner.execute("analyze tokenbill.conversations")
+        owner.execute(  # then this user piles up conversations the statistics do not know of
+            "insert into tokenbill.conversations (user_id, title)"
+            " select %s, 'old ' || g from generate_series(1, 300) g",
+            [user],
+        )
+
+        def user_index_reads() -> int:
+            owner.execute("select pg_stat_clear_snapshot()")
+            return owner.execute(
+                "select idx_tup_read as n from pg_stat_user_indexes"
+                " where indexrelname = 'conversations_user_idx'"
+            ).fetchone()["n"]
+
+        before = user_index_reads()
+        with connect_as_app(empty_db) as app:  # one session: its plans go generic
+            for i in range(8):
+                row = begin(app, user, f"r{i}", conversation_id=conversation)
+                assert row["outcome"] == "started"
+            app.execute("select pg_stat_force_next_flush()")
+        time.sleep(0.2)
+        assert user_index_reads() - before < 50  # not 300 a request
