@@ -60,24 +60,8 @@ def bounded_history(db: Database, call: AgentCall, budget: int) -> list[Turn]:
     """Earlier answered exchanges, oldest first: the newest whole exchanges within ``budget``
     characters (and at most HISTORY_EXCHANGES), so what one call sends the model is bounded."""
     rows = db.fetch_all(
-        """
-        with answered as (
-            select m.request_id, max(m.id) as last_id, sum(length(m.content)) as chars
-              from api.messages m
-             where m.conversation_id = %(c)s and m.user_id = %(u)s and m.request_id <> %(r)s
-             group by m.request_id
-            having bool_or(m.role = 'assistant' and m.status in ('done', 'partial'))
-             order by max(m.id) desc
-             limit %(n)s),
-        kept as (
-            select request_id from (
-                select request_id, sum(chars) over (order by last_id desc) as running
-                  from answered) a
-             where running <= %(budget)s)
-        select m.role, m.content from api.messages m join kept k using (request_id)
-         where m.conversation_id = %(c)s and m.user_id = %(u)s
-         order by m.id
-        """,
+        "select role, content from api.conversation_history("
+        "%(u)s, %(c)s, %(r)s, %(n)s, %(budget)s)",
         {
             "c": call.conversation_id,
             "u": call.user_id,

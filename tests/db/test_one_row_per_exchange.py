@@ -257,3 +257,46 @@ def test_the_owner_check_reads_one_conversation_not_all_of_the_users(empty_db: s
             app.execute("select pg_stat_force_next_flush()")
         time.sleep(0.2)
         assert user_index_reads() - before < 50  # not 300 a request
+
+
+def test_the_history_is_the_newest_answered_exchanges_oldest_first(
+    owner: psycopg.Connection, app_conn, make_user
+) -> None:
+    """0029: api.conversation_history reads the conversation's newest exchanges by its index;
+    unanswered ones are skipped, the request being answered is left out, at most N whole
+    exchanges within the character budget, oldest first."""
+    user = make_user(balance=50)
+    conversation = begin(app_conn, user, "q00", "prompt 00")["conversation_id"]
+    settle(app_conn, user, "q00", reply="reply 00")
+    for i in range(1, 12):
+        begin(app_conn, user, f"q{i:02d}", f"prompt {i:02d}", conversation)
+        if i % 4 == 0:
+            settle(app_conn, user, f"q{i:02d}", outcome="failed", reply="")  # not answered
+        else:
+            settle(app_conn, user, f"q{i:02d}", reply=f"reply {i:02d}")
+
+    def history(request_id: str, exchanges: int, budget: int) -> list[tuple[str, str]]:
+        rows = app_conn.execute(
+            "select role, content from api.conversation_history(%s, %s, %s, %s, %s)",
+            [user, conversation, request_id, exchanges, budget],
+        ).fetchall()
+        return [(r["role"], r["content"]) for r in rows]
+
+    assert history("q11", 3, 10_000) == [
+        ("user", "prompt 07"), ("assistant", "reply 07"),
+        ("user", "prompt 09"), ("assistant", "reply 09"),
+        ("user", "prompt 10"), ("assistant", "reply 10"),
+    ]  # fmt: skip
+    assert history("q11", 20, 36) == [  # 18 characters an exchange: two fit
+        ("user", "prompt 09"), ("assistant", "reply 09"),
+        ("user", "prompt 10"), ("assistant", "reply 10"),
+    ]  # fmt: skip
+    assert history("q11", 0, 10_000) == []
+    other = make_user()
+    assert (
+        app_conn.execute(  # someone else's conversation: nothing
+            "select count(*) as n from api.conversation_history(%s, %s, 'x', 20, 10000)",
+            [other, conversation],
+        ).fetchone()["n"]
+        == 0
+    )

@@ -45,4 +45,4 @@ def test_a_continued_conversation_adds_its_history_lookup(make_app, owner, membe
     assert sent[: len(AUTHENTICATION) + 1] == [*AUTHENTICATION, BEGIN]
     assert sent[-1] == SETTLE
     (history,) = sent[len(AUTHENTICATION) + 1 : -1]  # one statement, no BEGIN/COMMIT
-    assert "from api.messages" in history
+    assert "api.conversation_history(" in history
