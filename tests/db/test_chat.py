@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from tests.conftest import audit, balance_of, connect_as_app
 from tests.support.agents import begin_request as begin
 from tests.support.agents import make_overdue, open_holds
+from tests.support.agents import settle_request as settle
 from webapp.ops import migrate
 
 
@@ -23,13 +24,6 @@ def kinds(conn, user) -> list[str]:
         "select kind from api.ledger_entries where user_id = %s order by id", [user]
     ).fetchall()
     return [r["kind"] for r in rows]
-
-
-def settle(conn, user, request_id, outcome="done", reply="the answer", input_chars=10):
-    return conn.execute(
-        "select * from api.settle_agent_request(%s, %s, %s, %s, %s, %s)",
-        [user, request_id, outcome, reply, input_chars, None if outcome == "done" else "boom"],
-    ).fetchone()
 
 
 def deliver(conn, user, request_id, parts=1, chars=5) -> bool:

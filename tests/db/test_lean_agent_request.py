@@ -20,13 +20,7 @@ import pytest
 from tests.conftest import audit, balance_of, connect_as_app, connect_owner
 from tests.support.agents import begin_request as begin
 from tests.support.agents import make_overdue, open_holds
-
-
-def settle(conn, user, request_id, outcome="done", reply="the answer"):
-    return conn.execute(
-        "select * from api.settle_agent_request(%s, %s, %s, %s, 10, %s)",
-        [user, request_id, outcome, reply, None if outcome == "done" else "boom"],
-    ).fetchone()
+from tests.support.agents import settle_request as settle
 
 
 def ledger(conn, user) -> list[tuple[str, int]]:

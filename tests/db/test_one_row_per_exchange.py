@@ -21,22 +21,10 @@ from psycopg.rows import dict_row
 
 from tests.conftest import audit, balance_of, connect_as_app
 from tests.support.agents import begin_request as begin
+from tests.support.agents import ledger_kinds
+from tests.support.agents import settle_request as settle
 from tests.support.upgrade import funded_user, migrate_before
 from webapp.ops import migrate
-
-
-def settle(conn, user, request_id, outcome="done", reply="the answer"):
-    return conn.execute(
-        "select * from api.settle_agent_request(%s, %s, %s, %s, 10, %s)",
-        [user, request_id, outcome, reply, None if outcome == "done" else "boom"],
-    ).fetchone()
-
-
-def reserves(conn, user) -> int:
-    return conn.execute(
-        "select count(*) as n from tokenbill.ledger where user_id = %s and kind = 'reserve'",
-        [user],
-    ).fetchone()["n"]
 
 
 def twin_begin_while_first_is_open(
@@ -80,7 +68,7 @@ def test_a_twin_fired_while_the_first_is_open_is_reserved_once(
     if expected == "replayed":
         assert twin["status"] == "pending"
     assert balance_of(owner, user) == 4  # one reservation
-    assert reserves(owner, user) == 1
+    assert ledger_kinds(owner, user).count("reserve") == 1
     conversations = owner.execute(
         "select count(*) as n from tokenbill.conversations where user_id = %s", [user]
     ).fetchone()
@@ -208,7 +196,7 @@ def test_a_short_balance_is_refused_and_nothing_is_written(owner, app_conn, make
         0,
         None,
     )
-    assert reserves(owner, user) == 0
+    assert ledger_kinds(owner, user).count("reserve") == 0
     counts = owner.execute(
         "select (select count(*) from tokenbill.exchanges where user_id = %s) as e,"
         " (select count(*) from tokenbill.conversations where user_id = %s) as c",

@@ -79,6 +79,21 @@ def begin_request(
     ).fetchone()
 
 
+def settle_request(
+    conn: psycopg.Connection,
+    user_id: uuid.UUID,
+    request_id: str,
+    outcome: str = "done",
+    reply: str = "the answer",
+    input_chars: int = 10,
+) -> dict[str, Any]:
+    """api.settle_agent_request as the endpoint calls it ('boom' as the error unless done)."""
+    return conn.execute(
+        "select * from api.settle_agent_request(%s, %s, %s, %s, %s, %s)",
+        [user_id, request_id, outcome, reply, input_chars, None if outcome == "done" else "boom"],
+    ).fetchone()
+
+
 def make_overdue(
     owner: psycopg.Connection, user_id: uuid.UUID, request_id: str | None = None
 ) -> None:
