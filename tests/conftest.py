@@ -22,6 +22,10 @@ from tests.support.recording_proxy import RecordingProxy
 from webapp.db import close_app, connect_as
 from webapp.ops import migrate
 
+# A developer's .env (scripts/run writes one naming the dev database) must not configure the
+# suite's apps, nor the `flask` commands it starts: both skip it, as Flask's CLI does.
+os.environ["FLASK_SKIP_DOTENV"] = "1"
+
 WEBHOOK_SECRET = "whsec_test_tokenbill_secret"
 PASSWORD = "correct horse battery"
 

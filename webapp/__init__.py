@@ -14,16 +14,27 @@ from typing import Any
 import click
 from dotenv import load_dotenv
 from flask import Flask
+from flask.helpers import get_load_dotenv
 
 from . import config, db, errors, security
 from .extensions import csrf, limiter, login_manager
 
 ROOT = Path(__file__).resolve().parent.parent
+# The checkout's `.env` (scripts/run writes it, naming this checkout's dev database and logins).
+DOTENV = ROOT / ".env"
+
+
+def _load_dotenv() -> None:
+    """Read `.env` into the environment (never over a variable already set), unless
+    FLASK_SKIP_DOTENV says not to, as the `flask` command itself does. The test suite sets it:
+    a developer's `.env` names the dev database, and a test's app must not reach it."""
+    if get_load_dotenv():
+        load_dotenv(DOTENV)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask app from the environment (or ``test_config`` overrides)."""
-    load_dotenv()
+    _load_dotenv()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

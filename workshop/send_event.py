@@ -3,7 +3,8 @@
     python -m workshop.send_event checkout.session.completed \\
         --url http://127.0.0.1:5000/api/webhook/stripe --user-id <uuid> --package tokens_100
 
-The secret defaults to STRIPE_WEBHOOK_SECRET. Use the same --payment-intent (and --charge) on
+The secret defaults to STRIPE_WEBHOOK_SECRET (from the environment, else the checkout's .env,
+read without changing the environment). Use the same --payment-intent (and --charge) on
 later events (payment_intent.succeeded, charge.refunded, charge.dispute.*) to follow one payment.
 Exit status: 0 when the webhook answered 2xx, 1 otherwise, 2 on usage errors.
 """
@@ -17,8 +18,10 @@ import sys
 from collections.abc import Sequence
 
 import requests
-from dotenv import load_dotenv
+from dotenv import dotenv_values
+from flask.helpers import get_load_dotenv
 
+from webapp import DOTENV
 from webapp.signing import signature_header as sign
 from workshop.stripe_fixtures import DEFAULT_AMOUNTS, HANDLED_TYPES, build, encode, new_id
 
@@ -55,11 +58,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _default_secret() -> str:
+    """STRIPE_WEBHOOK_SECRET from the environment, else from `.env` (unless FLASK_SKIP_DOTENV),
+    without loading `.env` into os.environ: a caller in the same process (the test suite) must
+    not find the dev database's URLs there afterwards."""
+    secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+    if not secret and get_load_dotenv() and DOTENV.exists():
+        secret = dotenv_values(DOTENV).get("STRIPE_WEBHOOK_SECRET") or ""
+    return secret
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build, sign and POST one event; print the webhook's answer."""
-    load_dotenv()
     args = parse_args(argv)
-    secret = args.secret or os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+    secret = args.secret or _default_secret()
     if not secret and not args.dry_run:
         print("error: no signing secret (--secret or STRIPE_WEBHOOK_SECRET)", file=sys.stderr)
         return 2

@@ -213,6 +213,26 @@ def test_run_setup_writes_a_private_env_file(checkout: Path) -> None:
     assert (web["user"], web["dbname"]) == ("tokenbill_web", "tokenbill")
 
 
+def test_the_suite_ignores_the_env_file_run_wrote(
+    checkout: Path, admin_url: str, stripe_mock_url: str
+) -> None:
+    """README's two commands in a row. `scripts/run` writes .env naming the checkout's dev
+    database and logins; the suite run after it must still test only its own database. Before
+    FLASK_SKIP_DOTENV, a test app's webhooks went to the dev database (WEBHOOK_DATABASE_URL
+    from .env, loaded into os.environ by one test for every later one) and found no such user."""
+    setup = _new_shell(checkout, "bash", "scripts/run", "--setup-only")
+    assert setup.returncode == 0, setup.stderr
+    assert dotenv_values(checkout / ".env")["WEBHOOK_DATABASE_URL"]
+    suite = _new_shell(
+        checkout,
+        str(checkout / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        "tests/workshop/test_send_event.py",
+        "tests/webapp/test_config_guards.py::test_gunicorn_style_start_fails_with_the_one_line",
+        DATABASE_ADMIN_URL=admin_url, STRIPE_MOCK_URL=stripe_mock_url,
+    )  # fmt: skip
+    assert suite.returncode == 0, suite.stdout[-4000:]
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

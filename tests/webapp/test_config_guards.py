@@ -85,7 +85,8 @@ def test_unknown_environment_name_is_refused(make_app):
 
 def test_gunicorn_style_start_fails_with_the_one_line(database_url):
     """What an operator sees: the factory raising with the reason (no SECRET_KEY here)."""
-    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
+    # FLASK_SKIP_DOTENV: as every app of the suite, blind to a developer's .env (its SECRET_KEY)
+    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin", "FLASK_SKIP_DOTENV": "1"}
     code = "from webapp import create_app; create_app()"
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -66,6 +67,25 @@ def test_without_a_secret_it_refuses_to_send(monkeypatch, capsys):
     code = send_event.main(["charge.succeeded", "--url", "http://127.0.0.1:9/x"])
     assert code == 2
     assert "no signing secret" in capsys.readouterr().err
+
+
+def test_the_secret_comes_from_dotenv_without_loading_it(
+    webhook_url, owner, make_user, tmp_path, monkeypatch, capsys
+):
+    """Outside the suite (no FLASK_SKIP_DOTENV) the secret may come from .env; the rest of
+    .env (the dev database's URLs) never lands in os.environ, where a later app would read it."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f"STRIPE_WEBHOOK_SECRET={WEBHOOK_SECRET}\nWEBHOOK_DATABASE_URL=postgresql://dev/elsewhere\n"
+    )
+    monkeypatch.setattr(send_event, "DOTENV", env_file)
+    monkeypatch.delenv("FLASK_SKIP_DOTENV")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "")
+    user = make_user()
+    argv = ["checkout.session.completed", "--url", webhook_url, "--user-id", str(user)]
+    assert send_event.main(argv) == 0
+    assert balance_of(owner, user) == 100
+    assert "WEBHOOK_DATABASE_URL" not in os.environ
 
 
 @pytest.mark.parametrize("event_type", send_event.HANDLED_TYPES)
