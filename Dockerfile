@@ -1,6 +1,8 @@
-# The tokenbill app image. docker-compose.yml runs it three ways: `web` (gunicorn),
-# `migrate` (flask --app webapp migrate) and `emulator` (python -m workshop.emulator).
-FROM python:3.11-slim
+# The tokenbill images. The default target, `app`, is the product alone: docker-compose.yml
+# runs it as `web` (gunicorn), `migrate`, `db-logins` and `workers`. The `workshop` target adds
+# the dev-only workshop for compose's `emulator` service; the product never imports it, and a
+# production image built from this file (`docker build .`) does not contain it.
+FROM python:3.11-slim AS product
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,8 +20,6 @@ COPY pyproject.toml gunicorn.conf.py ./
 COPY db ./db
 COPY frontend ./frontend
 COPY scripts ./scripts
-# The workshop only for compose's `emulator` service (dev); the app never imports it.
-COPY workshop ./workshop
 COPY webapp ./webapp
 
 # Files stay root-owned and read-only for the process: it runs as an unprivileged user.
@@ -28,3 +28,11 @@ USER tokenbill
 
 EXPOSE 5000
 CMD ["gunicorn", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:5000", "--workers", "2", "--threads", "8", "webapp:create_app()"]
+
+# The offline Stripe Checkout emulator (compose's `emulator` service, development only).
+FROM product AS workshop
+COPY workshop ./workshop
+CMD ["python", "-m", "workshop.emulator", "--host", "0.0.0.0", "--port", "12112"]
+
+# Last, so the default: the product without the workshop.
+FROM product AS app

@@ -21,6 +21,7 @@ from workshop import emulator as checkout_emulator
 
 REPO = Path(__file__).resolve().parent.parent
 WEBHOOK_PATH = "web:5000/api/webhook/stripe"
+PRODUCT_BUILD = {"context": ".", "target": "app"}
 
 
 def _compose_command() -> list[str]:
@@ -114,7 +115,7 @@ def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
     assert web["environment"]["DATABASE_URL"].startswith("postgresql://tokenbill_web:")
     assert web["environment"]["WEBHOOK_DATABASE_URL"].startswith("postgresql://tokenbill_stripe:")
     assert "@postgres:5432/" in web["environment"]["DATABASE_URL"]
-    assert web["build"] == "." and raw["services"]["migrate"]["build"] == "."
+    assert web["build"] == raw["services"]["migrate"]["build"] == PRODUCT_BUILD
 
 
 def _web_environment(rendered: dict[str, Any], service: str = "web", **env: str) -> dict[str, str]:
@@ -161,7 +162,7 @@ def test_workers_run_the_supervisor_as_the_workers_login(raw: dict[str, Any]) ->
     tokenbill_sweeper only (webapp/ops/db_logins.py GROUPS), the password db-logins gave it."""
     workers = raw["services"]["workers"]
     assert workers["command"][-1].rstrip().endswith("exec flask --app webapp workers")
-    assert workers["build"] == "."
+    assert workers["build"] == PRODUCT_BUILD
     assert workers["restart"] == "unless-stopped"  # a dead supervisor is started again
     assert workers["depends_on"] == {"db-logins": {"condition": "service_completed_successfully"}}
     url = workers["environment"]["DATABASE_URL"]
@@ -231,20 +232,54 @@ def test_stripe_mock_listens_on_12111(raw: dict[str, Any]) -> None:
     assert any(port.endswith(":12111") for port in mock["ports"])
 
 
+def _dockerfile_stages() -> dict[str, list[str]]:
+    """The Dockerfile's instructions by stage name (comments and blank lines dropped), in
+    order: the last stage is what `docker build .` makes."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            name = line.split(" AS ")[-1] if " AS " in line else f"stage{len(stages)}"
+            current = stages.setdefault(name, [])
+        current.append(line)
+    return stages
+
+
+def _copied(lines: list[str]) -> set[str]:
+    return {line.split()[1] for line in lines if line.startswith("COPY ")}
+
+
 def test_dockerfile_installs_requirements_and_drops_root() -> None:
-    lines = [
-        line.strip()
-        for line in (REPO / "Dockerfile").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    assert lines[0] == "FROM python:3.11-slim"
-    assert "RUN pip install -r requirements.txt" in lines
-    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    product = _dockerfile_stages()["product"]
+    assert product[0] == "FROM python:3.11-slim AS product"
+    assert "RUN pip install -r requirements.txt" in product
+    users = [line.split()[1] for line in product if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
-    # what the three commands import (the emulator service runs from the workshop)
-    for needed in ("webapp", "frontend", "db", "scripts", "workshop"):
-        assert needed in copied
+    # what the app's commands import: gunicorn, migrate, db-logins, workers
+    for needed in ("webapp", "frontend", "db", "scripts"):
+        assert needed in _copied(product)
+
+
+def test_the_default_image_is_the_product_without_the_workshop(raw: dict[str, Any]) -> None:
+    """The workshop (emulator, fault injection, benches) is dev-only: the image `docker build .`
+    makes, and compose's app services, hold none of it; only the emulator's image does."""
+    stages = _dockerfile_stages()
+    names = list(stages)
+    assert names[-1] == "app" and stages["app"] == ["FROM product AS app"]
+    for stage in ("product", "app"):
+        assert not any("workshop" in line for line in stages[stage] if not line.startswith("FROM"))
+    assert stages["workshop"][0] == "FROM product AS workshop"
+    assert "workshop" in _copied(stages["workshop"])
+    for name, service in raw["services"].items():
+        build = service.get("build")
+        if not isinstance(build, dict) or build.get("context") != ".":
+            continue
+        expected = "workshop" if name == "emulator" else "app"
+        assert build == {**PRODUCT_BUILD, "target": expected}, name
+    assert raw["services"]["emulator"]["image"] != raw["services"]["web"]["image"]
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
