@@ -80,12 +80,39 @@ def _conversation_or_404(user_id: uuid.UUID, raw_id: str) -> dict[str, Any]:
     return row
 
 
-def _messages(user_id: uuid.UUID, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
-    return get_db().fetch_all(
-        "select role, content, status, request_id, charged, created_at from api.messages"
-        " where conversation_id = %s and user_id = %s order by id",
-        [conversation_id, user_id],
+MAX_PAGE_EXCHANGES = 100  # api.conversation_page's cap
+MAX_CURSOR = 2**63 - 1  # exchange ids are bigint
+MESSAGE_FIELDS = ("role", "content", "status", "request_id", "charged", "created_at")
+
+
+def _int_arg(name: str, low: int, high: int) -> int | None:
+    """A whole number from the query string (absent: None); anything else is a 400 saying so."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,20}", raw) or not low <= int(raw) <= high:
+        abort(400, f"{name} must be a whole number from {low} to {high}.")
+    return int(raw)
+
+
+def _page_size() -> int:
+    """``?limit=`` (exchanges) or the configured page, within the database's cap."""
+    size = _int_arg("limit", 1, MAX_PAGE_EXCHANGES)
+    configured = int(current_app.config["AGENT_PAGE_EXCHANGES"])
+    return size or max(1, min(configured, MAX_PAGE_EXCHANGES))
+
+
+def _messages(
+    user_id: uuid.UUID, conversation_id: uuid.UUID
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of the conversation (``?before=`` an exchange id, newest page by default),
+    oldest first, and the cursor of the page before it (None: this is the oldest)."""
+    before = _int_arg("before", 1, MAX_CURSOR)
+    rows = get_db().fetch_all(
+        "select * from api.conversation_page(%s, %s, %s, %s)",
+        [user_id, conversation_id, before, _page_size()],
     )
+    return rows, rows[0]["earlier"] if rows else None
 
 
 def _price() -> dict[str, Any]:
@@ -110,15 +137,18 @@ def chat():
     )
     selected = None
     messages: list[dict[str, Any]] = []
+    earlier = None
     if request.args.get("c"):
         selected = _conversation_or_404(current_user.id, request.args["c"])
-        messages = _messages(current_user.id, selected["id"])
+        messages, earlier = _messages(current_user.id, selected["id"])
     price = _price()
     return render_template(
         "agent/chat.html",
         conversations=conversations,
         selected=selected,
         messages=messages,
+        earlier=earlier,
+        paged=selected is not None and "before" in request.args,
         token_cost=price["max_per_call"],
         price_label=price["label"],
         max_message_chars=_max_message_chars(),
@@ -374,15 +404,15 @@ def api_agent():
 @bp.get("/api/conversations/<conversation_id>")
 @api_login_required
 def api_conversation(conversation_id: str):
-    """One of the caller's conversations with its messages (404 for anyone else's)."""
+    """One page of one of the caller's conversations (404 for anyone else's): the newest
+    ``limit`` exchanges older than ``before``; ``before`` in the answer fetches the page
+    before it (null: none)."""
     user = api_user()
     conversation = _conversation_or_404(user.id, conversation_id)
-    messages = _messages(user.id, conversation["id"])
+    messages, earlier = _messages(user.id, conversation["id"])
     return jsonify(
         id=conversation["id"],
         title=conversation["title"],
-        messages=[
-            {k: m[k] for k in ("role", "content", "status", "request_id", "charged", "created_at")}
-            for m in messages
-        ],
+        messages=[{k: m[k] for k in MESSAGE_FIELDS} for m in messages],
+        before=earlier,
     )

@@ -90,6 +90,8 @@ def from_env() -> dict[str, Any]:
         "AGENT_MAX_TOKENS": _int("AGENT_MAX_TOKENS", 1024),
         "AGENT_HISTORY_CHARS": _int("AGENT_HISTORY_CHARS", 24000),
         "AGENT_MAX_MESSAGE_CHARS": _int("AGENT_MAX_MESSAGE_CHARS", 20000),
+        # a conversation is shown a page at a time (api.conversation_page caps it at 100)
+        "AGENT_PAGE_EXCHANGES": _int("AGENT_PAGE_EXCHANGES", 50),
         "AGENT_HOLD_SECONDS": _int("AGENT_HOLD_SECONDS", 0),
         # The buyer pays per message: the limit protects the service from floods, not the
         # price, so it must not get in the way of a person chatting (or a script with a key).

@@ -30,6 +30,7 @@ insert into allowed values
     ('tokenbill_app', 'end_web_session'), ('tokenbill_app', 'change_password'),
     ('tokenbill_app', 'create_api_key'), ('tokenbill_app', 'revoke_api_key'),
     ('tokenbill_app', 'user_for_api_key'), ('tokenbill_app', 'conversation_history'),
+    ('tokenbill_app', 'conversation_page'),
     ('tokenbill_app', 'record_checkout_session'),
     ('tokenbill_app', 'agent_price'), ('tokenbill_app', 'begin_agent_request'),
     ('tokenbill_app', 'record_agent_delivery'), ('tokenbill_app', 'settle_agent_request'),
