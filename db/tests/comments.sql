@@ -32,7 +32,7 @@ select is_empty($$
 select is_empty($$
     select rolname from pg_roles
      where rolname in ('tokenbill_app', 'tokenbill_webhook', 'tokenbill_admin', 'tokenbill_notifier',
-                       'tokenbill_sweeper')
+                       'tokenbill_sweeper', 'tokenbill_auth')
        and shobj_description(oid, 'pg_authid') is null$$,
     'every group role has a comment');
 

@@ -2,7 +2,7 @@
 -- A new api function must be added to exactly one list below (or to owner-only) to pass.
 begin;
 create extension if not exists pgtap;
-select plan(19);
+select plan(24);
 
 create temp view fns as
     select n.nspname as schema, p.proname as name, p.oid as oid,
@@ -14,7 +14,7 @@ create temp view fns as
 -- the group roles (NOLOGIN; logins are NOINHERIT members, webapp/ops/db_logins.py)
 create temp table group_roles (r name);
 insert into group_roles values ('tokenbill_app'), ('tokenbill_webhook'), ('tokenbill_admin'),
-    ('tokenbill_notifier'), ('tokenbill_sweeper');
+    ('tokenbill_notifier'), ('tokenbill_sweeper'), ('tokenbill_auth');
 
 -- the only memberships among them: the web role inherits the sweep (0026), and nothing else
 create temp table members (member name, grp name);
@@ -25,7 +25,7 @@ create temp table allowed (role name, fn name);
 insert into allowed values
     -- the web app's views: accounts, sessions, keys, checkout creation, the metered agent path
     -- (reserve → record delivery → settle / expire), low-balance settings, metrics
-    ('tokenbill_app', 'register_user'), ('tokenbill_app', 'user_credentials'),
+    ('tokenbill_app', 'register_user'),
     ('tokenbill_app', 'start_web_session'), ('tokenbill_app', 'web_session_user'),
     ('tokenbill_app', 'end_web_session'), ('tokenbill_app', 'change_password'),
     ('tokenbill_app', 'create_api_key'), ('tokenbill_app', 'revoke_api_key'),
@@ -49,7 +49,9 @@ insert into allowed values
     -- 0019: the auto top-up worker (flask auto-topup) claims and finishes; it cannot grant
     ('tokenbill_notifier', 'claim_auto_topup'), ('tokenbill_notifier', 'finish_auto_topup'),
     -- 0026: the expired-holds sweep alone (the workers' login; tokenbill_app by membership)
-    ('tokenbill_sweeper', 'expire_agent_holds');
+    ('tokenbill_sweeper', 'expire_agent_holds'),
+    -- 0031: password hashes, for the login and change-password checks (AUTH_DATABASE_URL) alone
+    ('tokenbill_auth', 'user_credentials');
 
 -- granted to nobody: internals other definer functions call, and operator tools
 create temp table owner_only (fn name);
@@ -92,6 +94,33 @@ select set_eq($$select u.rolname as member, g.rolname as grp
               'group roles are members of no other group role but tokenbill_app of tokenbill_sweeper');
 select is(pg_has_role('tokenbill_app', 'tokenbill_sweeper', 'usage'), true,
           'tokenbill_app inherits the sweep (the web app and the agent-meter Edge Function call it)');
+select is_empty($$select r from group_roles
+                   where r <> 'tokenbill_auth' and pg_has_role(r, 'tokenbill_auth', 'member')$$,
+                'no other group role can act as tokenbill_auth (0031)');
+
+-- password hashes (0031): one function returns them, and only tokenbill_auth executes it
+select set_eq($$select f.signature
+                  from fns f join pg_proc p on p.oid = f.oid
+                       cross join lateral unnest(p.proargnames, p.proargmodes) a (name, mode)
+                 where a.name = 'password_hash' and a.mode in ('o', 'b', 't')
+                union
+                select f.signature
+                  from fns f join pg_proc p on p.oid = f.oid
+                  join pg_type t on t.oid = p.prorettype
+                  join pg_attribute c on c.attrelid = t.typrelid
+                 where c.attname = 'password_hash'$$,
+              $$values ('api.user_credentials(text)')$$,
+              'api.user_credentials is the only function returning a password hash');
+select is_empty($$select c.relname from pg_attribute a
+                    join pg_class c on c.oid = a.attrelid
+                    join pg_namespace n on n.oid = c.relnamespace
+                   where n.nspname = 'api' and a.attname = 'password_hash' and not a.attisdropped$$,
+                'no api view has a password_hash column');
+select is_empty($$select c.relname, r from pg_class c join pg_namespace n on n.oid = c.relnamespace,
+                        (values ('tokenbill_auth'::name)) roles (r)
+                  where n.nspname in ('api', 'tokenbill') and c.relkind in ('r', 'v', 'p', 'm')
+                    and has_table_privilege(r, c.oid, 'select')$$,
+                'tokenbill_auth selects no table or view: it reads credentials and nothing else');
 
 select set_eq($$select name from fns where schema = 'api'
                  except select fn from allowed$$,

@@ -53,6 +53,8 @@ def test_app_role_cannot_apply_an_unsigned_event(app_conn, owner, make_user):
         "select * from api.release(%(user)s, 'r1')",
         "select * from api.ledger_audit()",
         "select * from api.claim_alert_notifications(1)",
+        # 0031: password hashes are tokenbill_auth's alone (AUTH_DATABASE_URL)
+        "select * from api.user_credentials('x@example.test')",
     ],
 )
 def test_app_role_cannot_call_internals_or_admin_functions(app_conn, make_user, admin_id, call):

@@ -41,6 +41,7 @@ EDGE_GROUPS = {"webhook": "tokenbill_webhook", "agent": "tokenbill_app"}
 GROUP_ROLES = (
     "tokenbill_admin",
     "tokenbill_app",
+    "tokenbill_auth",
     "tokenbill_notifier",
     "tokenbill_sweeper",
     "tokenbill_webhook",
@@ -185,7 +186,8 @@ def test_every_migration_applies_as_a_non_superuser_owner(supabase: SupabaseLike
         ).fetchall()
     assert me == {"rolsuper": False, "rolcreaterole": True}
     assert schema_owner == {"name": OWNER}
-    # 0001's, 0013's and 0026's group roles, made by the owner with CREATEROLE alone; no login
+    # 0001's, 0013's, 0026's and 0031's group roles, made by the owner with CREATEROLE alone;
+    # none can log in
     assert groups == [{"rolname": name, "rolcanlogin": False} for name in GROUP_ROLES]
 
 
