@@ -7,13 +7,15 @@ the group roles given, and holds nothing until it runs ``SET ROLE`` (webapp.db d
     flask --app webapp db-logins --admin-url URL --database-url URL [--prefix tokenbill]
 
 creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin, the web app), ``<prefix>_stripe``
-(tokenbill_webhook) and ``<prefix>_workers`` (tokenbill_notifier + tokenbill_sweeper: the
+(tokenbill_webhook), ``<prefix>_workers`` (tokenbill_notifier + tokenbill_sweeper: the
 background loops claim top-ups and alerts and settle expired agent holds, and cannot act as the
-web app, make admins or apply Stripe events) and prints ``export DATABASE_URL=...``,
-``export WEBHOOK_DATABASE_URL=...`` and ``export WORKER_DATABASE_URL=...`` lines for eval.
-Passwords come from --web-password/--stripe-password/--workers-password
-(WEB_DB_PASSWORD/STRIPE_DB_PASSWORD/WORKERS_DB_PASSWORD), else .data/db-logins (0600, made
-once, reused). A group no longer listed for a login is revoked on the next run.
+web app, make admins or apply Stripe events) and ``<prefix>_auth`` (tokenbill_auth: reads
+password hashes for the login and change-password checks, nothing else; 0031) and prints
+``export DATABASE_URL=...``, ``WEBHOOK_DATABASE_URL``, ``WORKER_DATABASE_URL`` and
+``AUTH_DATABASE_URL`` lines for eval. Passwords come from --web-password/--stripe-password/
+--workers-password/--auth-password (WEB_DB_PASSWORD/STRIPE_DB_PASSWORD/WORKERS_DB_PASSWORD/
+AUTH_DB_PASSWORD), else .data/db-logins (0600, made once, reused). A group no longer listed
+for a login is revoked on the next run; a login added since (``_auth``) is made then.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ GROUPS = {
     "web": ["tokenbill_app", "tokenbill_admin"],
     "stripe": ["tokenbill_webhook"],
     "workers": ["tokenbill_notifier", "tokenbill_sweeper"],
+    "auth": ["tokenbill_auth"],
 }
 EXPORTS = {
     "web": "DATABASE_URL",
     "stripe": "WEBHOOK_DATABASE_URL",
     "workers": "WORKER_DATABASE_URL",
+    "auth": "AUTH_DATABASE_URL",
 }
 
 
@@ -84,7 +88,7 @@ def _save(path: Path, passwords: dict[str, str]) -> None:
 def make_logins(
     admin_url: str, database_url: str, prefix: str, given: dict[str, str | None]
 ) -> dict[str, str]:
-    """Ensure every login; return their connection URLs by duty (web, stripe, workers)."""
+    """Ensure every login; return their connection URLs by duty (web, stripe, workers, auth)."""
     stored = {} if all(given.values()) else _passwords(DATA_FILE)
     urls = {}
     for suffix, groups in GROUPS.items():
@@ -104,6 +108,7 @@ def make_logins(
 @click.option("--web-password", envvar="WEB_DB_PASSWORD")
 @click.option("--stripe-password", envvar="STRIPE_DB_PASSWORD")
 @click.option("--workers-password", envvar="WORKERS_DB_PASSWORD")
+@click.option("--auth-password", envvar="AUTH_DB_PASSWORD")
 def command(
     admin_url: str,
     database_url: str,
@@ -111,9 +116,15 @@ def command(
     web_password: str | None,
     stripe_password: str | None,
     workers_password: str | None,
+    auth_password: str | None,
 ) -> None:
     """Create the app's NOINHERIT logins; print `export ...` lines for eval."""
-    given = {"web": web_password, "stripe": stripe_password, "workers": workers_password}
+    given = {
+        "web": web_password,
+        "stripe": stripe_password,
+        "workers": workers_password,
+        "auth": auth_password,
+    }
     urls = make_logins(admin_url, database_url, prefix, given)
     for duty, variable in EXPORTS.items():
         click.echo(f"export {variable}={shlex.quote(urls[duty])}")

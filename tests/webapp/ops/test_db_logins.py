@@ -20,7 +20,12 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
         result = run_db_logins(app, admin_url, database_url, prefix)
         assert result.exit_code == 0, result.output
         exports = dict(shlex.split(line)[1].split("=", 1) for line in result.output.splitlines())
-        assert set(exports) == {"DATABASE_URL", "WEBHOOK_DATABASE_URL", "WORKER_DATABASE_URL"}
+        assert set(exports) == {
+            "DATABASE_URL",
+            "WEBHOOK_DATABASE_URL",
+            "WORKER_DATABASE_URL",
+            "AUTH_DATABASE_URL",
+        }
         with psycopg.connect(admin_url) as conn:
             rows = conn.execute(
                 "select u.rolname, u.rolsuper, u.rolinherit, u.rolcreaterole,"
@@ -31,6 +36,8 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
                 [f"{prefix}%"],
             ).fetchall()
         assert rows == [
+            # password hashes only (0031): the web login cannot read them
+            (f"{prefix}_auth", False, False, False, ["tokenbill_auth"]),
             (f"{prefix}_stripe", False, False, False, ["tokenbill_webhook"]),
             (f"{prefix}_web", False, False, False, ["tokenbill_admin", "tokenbill_app"]),
             # the background loops: not the web app, no admin, no Stripe events
@@ -40,6 +47,8 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
             assert conn.execute("select current_user").fetchone() == (f"{prefix}_stripe",)
         with psycopg.connect(exports["WORKER_DATABASE_URL"]) as conn:
             assert conn.execute("select current_user").fetchone() == (f"{prefix}_workers",)
+        with psycopg.connect(exports["AUTH_DATABASE_URL"]) as conn:
+            assert conn.execute("select current_user").fetchone() == (f"{prefix}_auth",)
         # run again: same logins, memberships unchanged (idempotent)
         db_logins.ensure_login(admin_url, f"{prefix}_web", "pw-web", ["tokenbill_app"])
         assert groups_of(admin_url, f"{prefix}_web") == ["tokenbill_app"]  # unlisted: revoked
@@ -48,7 +57,7 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
 
 
 def run_db_logins(app, admin_url: str, database_url: str, prefix: str):
-    """``flask db-logins`` for the three logins named ``prefix``_web/_stripe/_workers."""
+    """``flask db-logins`` for the four logins named ``prefix``_web/_stripe/_workers/_auth."""
     return app.test_cli_runner().invoke(
         args=[
             "db-logins",
@@ -58,6 +67,7 @@ def run_db_logins(app, admin_url: str, database_url: str, prefix: str):
             "--web-password", "pw-web",
             "--stripe-password", "pw-stripe",
             "--workers-password", "pw-workers",
+            "--auth-password", "pw-auth",
         ]
     )  # fmt: skip
 
@@ -75,7 +85,7 @@ def groups_of(admin_url: str, login: str) -> list[str]:
 
 def drop_logins(admin_url: str, prefix: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        for suffix in ("web", "stripe", "workers"):
+        for suffix in ("web", "stripe", "workers", "auth"):
             conn.execute(
                 sql.SQL("drop role if exists {}").format(sql.Identifier(f"{prefix}_{suffix}"))
             )
@@ -103,5 +113,34 @@ def test_rerunning_takes_the_web_role_from_a_workers_login_made_before_0026(
             conn.rollback()
             conn.execute("set role tokenbill_sweeper")
             assert conn.execute("select api.expire_agent_holds()").fetchone() is not None
+    finally:
+        drop_logins(admin_url, prefix)
+
+
+def test_rerunning_after_0031_adds_the_auth_login_and_the_web_login_loses_the_hashes(
+    app, admin_url, database_url
+):
+    """A deployment whose logins were made before 0031 (no auth login): after `migrate`,
+    running db-logins again makes ``prefix``_auth, which checks passwords, while the web login
+    it had all along can no longer read a hash."""
+    prefix = f"tb_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        db_logins.ensure_login(admin_url, f"{prefix}_web", "pw-web", db_logins.GROUPS["web"])
+        result = run_db_logins(app, admin_url, database_url, prefix)
+        assert result.exit_code == 0, result.output
+
+        assert groups_of(admin_url, f"{prefix}_auth") == ["tokenbill_auth"]
+        query = "select count(*) from api.user_credentials('nobody@example.test')"
+        with psycopg.connect(
+            make_conninfo(database_url, user=f"{prefix}_auth", password="pw-auth")
+        ) as conn:
+            conn.execute("set role tokenbill_auth")
+            assert conn.execute(query).fetchone() == (0,)
+        with psycopg.connect(
+            make_conninfo(database_url, user=f"{prefix}_web", password="pw-web")
+        ) as conn:
+            conn.execute("set role tokenbill_app")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(query)
     finally:
         drop_logins(admin_url, prefix)
