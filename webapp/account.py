@@ -14,7 +14,7 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
-from .auth import MIN_PASSWORD, check_password, hasher
+from .auth import MIN_PASSWORD, check_password, credentials, hasher
 from .autotopup import settings_context
 from .db import get_db
 from .extensions import limiter
@@ -66,7 +66,7 @@ def change_password():
     """Change the password; PostgreSQL ends every other session of the account."""
     current = request.form.get("current_password", "")
     new = request.form.get("new_password", "")
-    row = get_db().fetch_one("select * from api.user_credentials(%s)", [current_user.email])
+    row = credentials(current_user.email)
     if not check_password(row["password_hash"] if row else None, current):
         flash("The current password is not correct.", "error")
         return render_template("account/settings.html", **settings_context()), 400

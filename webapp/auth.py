@@ -2,7 +2,9 @@
 
 Login is limited per client address (AUTH_RATE_LIMIT, every attempt) and per account
 (LOGIN_ACCOUNT_RATE_LIMIT, failed attempts only), and an unknown email costs one Argon2
-verification like a known one, so timing does not tell which accounts exist.
+verification like a known one, so timing does not tell which accounts exist. Password hashes
+are read through their own login (AUTH_DATABASE_URL, tokenbill_auth; ``credentials``), never
+the pages' DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from flask import (
 )
 from flask_login import current_user, login_required, login_user, logout_user
 
-from .db import get_db
+from .db import Row, get_auth_db, get_db
 from .extensions import limiter
 from .users import end_session, start_session
 
@@ -62,6 +64,14 @@ def _failed(response: Response) -> bool:
 def _dummy_hash() -> str:
     """A real Argon2 hash to verify against when the account does not exist."""
     return hasher.hash("tokenbill: no such account")
+
+
+def credentials(email: str) -> Row | None:
+    """The account's id and password hash (None for an unknown email), read as tokenbill_auth:
+    the only role that may, so a leaked DATABASE_URL reads no hash (0031)."""
+    return get_auth_db().fetch_one(
+        "select id, password_hash from api.user_credentials(%s)", [email]
+    )
 
 
 def check_password(password_hash: str | None, password: str) -> bool:
@@ -135,7 +145,7 @@ def login():
     if request.method == "POST":
         email = request.form.get("email", "").strip().lower()
         password = request.form.get("password", "")
-        row = get_db().fetch_one("select * from api.user_credentials(%s)", [email])
+        row = credentials(email)
         if check_password(row["password_hash"] if row else None, password):
             sign_in(row["id"])  # type: ignore[index]
             return redirect(safe_next(request.args.get("next")), code=303)

@@ -51,6 +51,12 @@ KNOWN_SECRET_KEYS = frozenset(
 EMULATOR_WEBHOOK_SECRET = "whsec_emulator_local"
 EMULATOR_STRIPE_KEY = "sk_test_emulator"
 MIN_SECRET_KEY_LENGTH = 32
+# The duties that hold credentials the pages' login must not: each needs its own login outside
+# development (docs/security.md), and says why in the one line that refuses to start.
+OWN_LOGINS = {
+    "WEBHOOK_DATABASE_URL": "Stripe events need their own login",
+    "AUTH_DATABASE_URL": "password hashes need their own login, out of the web login's reach",
+}
 
 
 def from_env() -> dict[str, Any]:
@@ -63,6 +69,9 @@ def from_env() -> dict[str, Any]:
         "DATABASE_ROLE": os.environ.get("DATABASE_ROLE", "tokenbill_app"),
         "WEBHOOK_DATABASE_URL": os.environ.get("WEBHOOK_DATABASE_URL", ""),
         "WEBHOOK_DATABASE_ROLE": "tokenbill_webhook",
+        # password hashes: the login and change-password checks only (0031); else DATABASE_URL
+        "AUTH_DATABASE_URL": os.environ.get("AUTH_DATABASE_URL", ""),
+        "AUTH_DATABASE_ROLE": "tokenbill_auth",
         # the background loops' own login (flask --app webapp workers); else DATABASE_URL
         "WORKER_DATABASE_URL": os.environ.get("WORKER_DATABASE_URL", ""),
         "ADMIN_DATABASE_ROLE": "tokenbill_admin",
@@ -131,10 +140,10 @@ def is_development(config: Mapping[str, Any]) -> bool:
 def check(config: dict[str, Any], cli: bool = False) -> None:
     """Refuse settings that must never run, with one line saying which and why.
 
-    In development a missing SECRET_KEY becomes a random per-process key and the webhook pool
-    defaults to DATABASE_URL; elsewhere both must be set explicitly. ``cli``: an operator
-    command signs no sessions and applies no Stripe events (it connects as the owner), so it needs
-    neither SECRET_KEY nor WEBHOOK_DATABASE_URL.
+    In development a missing SECRET_KEY becomes a random per-process key and the webhook and
+    auth pools default to DATABASE_URL; elsewhere all must be set explicitly. ``cli``: an
+    operator command signs no sessions, applies no Stripe events and checks no passwords (it
+    connects as the owner), so it needs neither SECRET_KEY nor the OWN_LOGINS URLs.
     """
     env = config.get("TOKENBILL_ENV")
     if env not in ("development", "production"):
@@ -155,10 +164,9 @@ def check(config: dict[str, Any], cli: bool = False) -> None:
             f"SECRET_KEY is a published default or shorter than {MIN_SECRET_KEY_LENGTH}"
             " characters: set a long random one"
         )
-    if not config.get("WEBHOOK_DATABASE_URL") and not (dev or cli):
-        raise ConfigError(
-            "WEBHOOK_DATABASE_URL is not set: Stripe events need their own login (docs/security.md)"
-        )
+    for name, why in OWN_LOGINS.items():
+        if not config.get(name) and not (dev or cli):
+            raise ConfigError(f"{name} is not set: {why} (docs/security.md)")
     stripe_key = config.get("STRIPE_SECRET_KEY") or ""
     webhook_secret = config.get("STRIPE_WEBHOOK_SECRET") or ""
     if webhook_secret == EMULATOR_WEBHOOK_SECRET and stripe_key != EMULATOR_STRIPE_KEY:

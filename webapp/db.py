@@ -7,6 +7,8 @@ role may execute, whatever login the URL uses (docs/security.md):
   ``tokenbill_admin`` with ``SET LOCAL ROLE`` (``admin_role()``) after checking the user.
 * ``get_webhook_db()`` — WEBHOOK_DATABASE_URL acting as ``tokenbill_webhook``, the only role
   that applies Stripe objects (the webhook, the success page's fulfilment).
+* ``get_auth_db()`` — AUTH_DATABASE_URL acting as ``tokenbill_auth``, the only role that reads
+  password hashes (the login view, the change-password check): a leaked DATABASE_URL cannot.
 
 Behind a transaction pooler (PgBouncer ``pool_mode = transaction``, DATABASE_TRANSACTION_POOLER)
 a client connection's transactions land on any server connection, so session state cannot be
@@ -22,7 +24,7 @@ round trip, on a connection handed out without a liveness ping while it is in st
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from time import monotonic
 from typing import Any
@@ -39,14 +41,19 @@ from .config import MISSING_DATABASE_URL, ConfigError
 
 EXTENSION_KEY = "tokenbill_db"
 WEBHOOK_EXTENSION_KEY = "tokenbill_webhook_db"
+AUTH_EXTENSION_KEY = "tokenbill_auth_db"
 APP_ROLE = "tokenbill_app"
 WEBHOOK_ROLE = "tokenbill_webhook"
+AUTH_ROLE = "tokenbill_auth"
 ADMIN_ROLE = "tokenbill_admin"
 # A pooled connection last handed out less than this long ago, on whose socket the server has
 # sent nothing since, is handed out again without a ping (Database._check): the agent
 # endpoint's begin and settle, a webhook's grant and a page's queries save a round trip each
 # (docs/performance.md).
 PING_AFTER_IDLE_SECONDS = 2.0
+# A password check holds its connection for one lookup, never for the Argon2 verification, so
+# a couple of connections serve every thread of a worker.
+AUTH_POOL_MAX = 2
 
 Row = dict[str, Any]
 
@@ -214,31 +221,38 @@ class Database:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
 
+def _duty_pool(config: Mapping[str, Any], duty: str, max_size: int) -> Database:
+    """The pool of a duty with a login of its own (``<duty>_DATABASE_URL``, acting as
+    ``<duty>_DATABASE_ROLE``); DATABASE_URL when unset, which config.check allows in
+    development only."""
+    return Database(
+        config[f"{duty}_DATABASE_URL"] or config["DATABASE_URL"],
+        config[f"{duty}_DATABASE_ROLE"],
+        max_size,
+        name=f"tokenbill-{duty.lower()}",
+        transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
+    )
+
+
 def init_app(app: Flask) -> None:
     """Create the pools for this app; they open on first use, so an operator command (which
     never uses them) does not start connecting, and start-up never blocks."""
     config = app.config
-    database = Database(
+    pool_max = config["DATABASE_POOL_MAX"]
+    app.extensions[EXTENSION_KEY] = Database(
         config["DATABASE_URL"],
         config["DATABASE_ROLE"],
-        config["DATABASE_POOL_MAX"],
+        pool_max,
         request_roles=True,
         transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
     )
-    webhook = Database(
-        config["WEBHOOK_DATABASE_URL"] or config["DATABASE_URL"],
-        config["WEBHOOK_DATABASE_ROLE"],
-        config["DATABASE_POOL_MAX"],
-        name="tokenbill-webhook",
-        transaction_pooler=config.get("DATABASE_TRANSACTION_POOLER", False),
-    )
-    app.extensions[EXTENSION_KEY] = database
-    app.extensions[WEBHOOK_EXTENSION_KEY] = webhook
+    app.extensions[WEBHOOK_EXTENSION_KEY] = _duty_pool(config, "WEBHOOK", pool_max)
+    app.extensions[AUTH_EXTENSION_KEY] = _duty_pool(config, "AUTH", min(pool_max, AUTH_POOL_MAX))
 
 
 def close_app(app: Flask) -> None:
     """Close the app's pools (tests and scripts that build many apps)."""
-    for key in (EXTENSION_KEY, WEBHOOK_EXTENSION_KEY):
+    for key in (EXTENSION_KEY, WEBHOOK_EXTENSION_KEY, AUTH_EXTENSION_KEY):
         database = app.extensions.get(key)
         if database is not None:
             database.close()
@@ -262,3 +276,8 @@ def get_db() -> Database:
 def get_webhook_db() -> Database:
     """The pool acting as tokenbill_webhook: the only one that may apply Stripe objects."""
     return _opened(WEBHOOK_EXTENSION_KEY)
+
+
+def get_auth_db() -> Database:
+    """The pool acting as tokenbill_auth: the only one that may read password hashes."""
+    return _opened(AUTH_EXTENSION_KEY)

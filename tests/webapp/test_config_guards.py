@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import balance_of
+from tests.conftest import PASSWORD, balance_of
 from tests.support import stripe_events as ev
 from webapp.config import ConfigError
 
@@ -28,6 +28,7 @@ def production(database_url):
     return {
         "TOKENBILL_ENV": "production",
         "WEBHOOK_DATABASE_URL": database_url,
+        "AUTH_DATABASE_URL": database_url,
         "SECRET_KEY": STRONG,
     }
 
@@ -41,6 +42,21 @@ def test_production_refuses_a_missing_or_known_secret_key(make_app, production, 
 
 def test_production_needs_its_own_webhook_login(make_app, production):
     assert "WEBHOOK_DATABASE_URL" in refused(make_app, **{**production, "WEBHOOK_DATABASE_URL": ""})
+
+
+def test_production_needs_its_own_auth_login(make_app, production):
+    """Without it every page's login could read password hashes (docs/security.md)."""
+    message = refused(make_app, **{**production, "AUTH_DATABASE_URL": ""})
+    assert "AUTH_DATABASE_URL" in message
+
+
+def test_development_checks_passwords_through_database_url_without_an_auth_login(
+    make_app, member
+):
+    _, email = member()
+    client = make_app(AUTH_DATABASE_URL="").test_client()
+    response = client.post("/auth/login", data={"email": email, "password": PASSWORD})
+    assert response.status_code == 303
 
 
 def test_production_starts_with_proper_settings(make_app, production):

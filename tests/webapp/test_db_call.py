@@ -23,12 +23,15 @@ from webapp.db import (
     ADMIN_ROLE,
     PING_AFTER_IDLE_SECONDS,
     Database,
+    get_auth_db,
     get_db,
     get_webhook_db,
     use_role,
 )
 
-POOLS = pytest.mark.parametrize("pool", [get_db, get_webhook_db], ids=["app", "webhook"])
+POOLS = pytest.mark.parametrize(
+    "pool", [get_db, get_webhook_db, get_auth_db], ids=["app", "webhook", "auth"]
+)
 
 ALONE = "select now() = statement_timestamp() as alone, current_user::text as who"
 
@@ -47,6 +50,16 @@ def test_call_commits_its_statement_and_gives_the_connection_back_transactional(
         }
         with db.connection() as conn:
             assert conn.autocommit is False
+
+
+def test_the_auth_pool_acts_as_tokenbill_auth_and_stays_small(make_app):
+    """Password checks get their own role (0031); a login holds a connection for one lookup,
+    never for the Argon2 verification, so a few connections serve every worker thread."""
+    app = make_app(DATABASE_POOL_MAX=10)
+    with app.app_context():
+        db = get_auth_db()
+        assert db.call("select current_user::text as who") == {"who": "tokenbill_auth"}
+        assert db.pool.max_size < get_db().pool.max_size
 
 
 def _kill_backend(owner, pid: int) -> None:
