@@ -27,6 +27,7 @@ def test_gunicorn_refuses_header_floods_before_the_app(database_url, tmp_path):
     env = {
         "DATABASE_URL": database_url,
         "WEBHOOK_DATABASE_URL": database_url,
+        "AUTH_DATABASE_URL": database_url,
         "SECRET_KEY": secrets.token_urlsafe(32),
     }
     with procs.gunicorn("webapp:create_app()", env, tmp_path / "g.log", workers=1) as server:

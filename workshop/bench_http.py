@@ -273,6 +273,7 @@ def run(admin_url: str, settings: Settings) -> str:
             env = {
                 "DATABASE_URL": db,
                 "WEBHOOK_DATABASE_URL": db,
+                "AUTH_DATABASE_URL": db,
                 "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "SECRET_KEY": secrets.token_urlsafe(32),
                 "AGENT_RATE_LIMIT": "1000000 per minute",

@@ -50,9 +50,7 @@ def test_production_needs_its_own_auth_login(make_app, production):
     assert "AUTH_DATABASE_URL" in message
 
 
-def test_development_checks_passwords_through_database_url_without_an_auth_login(
-    make_app, member
-):
+def test_development_checks_passwords_through_database_url_without_an_auth_login(make_app, member):
     _, email = member()
     client = make_app(AUTH_DATABASE_URL="").test_client()
     response = client.post("/auth/login", data={"email": email, "password": PASSWORD})

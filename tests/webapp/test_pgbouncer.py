@@ -27,10 +27,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.conftest import WEBHOOK_SECRET, audit, balance_of
+from tests.conftest import PASSWORD, WEBHOOK_SECRET, audit, balance_of
 from tests.support import stripe_events as ev
 from tests.support.agents import bearer, create_key, ndjson
-from webapp.db import EXTENSION_KEY, Database
+from webapp.db import AUTH_EXTENSION_KEY, EXTENSION_KEY, Database
 from webapp.ops import db_logins
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
@@ -200,3 +200,21 @@ def test_agent_and_webhook_paths_work_behind_pgbouncer(
     assert replay.status_code == 200 and balance_of(owner, user) == 52
     assert _current_user(app.extensions[EXTENSION_KEY]) == "tokenbill_app"
     assert audit(owner) == []
+
+
+def test_password_checks_run_as_the_auth_login_behind_pgbouncer(make_app, bouncer, member) -> None:
+    """The auth pool (0031) sets tokenbill_auth in every transaction and prepares nothing
+    either: more logins than psycopg's prepare threshold (5) share one server connection."""
+    app = make_app(
+        DATABASE_URL=bouncer["web"],
+        WEBHOOK_DATABASE_URL=bouncer["stripe"],
+        AUTH_DATABASE_URL=bouncer["auth"],
+        DATABASE_TRANSACTION_POOLER=True,
+    )
+    _, email = member()
+    client = app.test_client()
+    for _ in range(7):
+        login = client.post("/auth/login", data={"email": email, "password": PASSWORD})
+        assert login.status_code == 303
+        assert client.post("/auth/logout").status_code == 303
+    assert _current_user(app.extensions[AUTH_EXTENSION_KEY]) == "tokenbill_auth"

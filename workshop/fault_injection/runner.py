@@ -120,6 +120,7 @@ def _server_env(database_url: str, log_dir: Path) -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
         "WEBHOOK_DATABASE_URL": database_url,
+        "AUTH_DATABASE_URL": database_url,
         "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SECRET_KEY": secrets.token_urlsafe(32),
         "AGENT_RATE_LIMIT": "100000 per minute",
