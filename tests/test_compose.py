@@ -116,9 +116,9 @@ def test_web_serves_gunicorn_after_migrations(raw: dict[str, Any]) -> None:
     assert web["environment"]["WEBHOOK_DATABASE_URL"].startswith("postgresql://tokenbill_stripe:")
     # password hashes through their own login (0031), with its own password, as db-logins made it
     assert web["environment"]["AUTH_DATABASE_URL"].startswith(
-        "postgresql://tokenbill_auth:${AUTH_DB_PASSWORD:-auth-dev-only}@postgres:5432/"
+        "postgresql://tokenbill_signin:${SIGNIN_DB_PASSWORD:-signin-dev-only}@postgres:5432/"
     )
-    assert logins["environment"]["AUTH_DB_PASSWORD"] == "${AUTH_DB_PASSWORD:-auth-dev-only}"
+    assert logins["environment"]["SIGNIN_DB_PASSWORD"] == "${SIGNIN_DB_PASSWORD:-signin-dev-only}"
     assert "@postgres:5432/" in web["environment"]["DATABASE_URL"]
     assert web["build"] == raw["services"]["migrate"]["build"] == PRODUCT_BUILD
 

@@ -7,7 +7,7 @@
  * web role, could read every password hash for offline cracking.
  *
  * tokenbill_auth (NOLOGIN) alone is granted EXECUTE on api.user_credentials(text); the app reads
- * credentials through a pool of its own (AUTH_DATABASE_URL, login tokenbill_auth made by
+ * credentials through a pool of its own (AUTH_DATABASE_URL, login tokenbill_signin made by
  * `flask --app webapp db-logins`, a NOINHERIT member of tokenbill_auth only), only in the login
  * view and the change-password check, the way Stripe objects are applied only through
  * WEBHOOK_DATABASE_URL (0013). No group role is made a member of tokenbill_auth, and

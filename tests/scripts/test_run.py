@@ -93,7 +93,7 @@ def test_run_setup_then_create_admin_in_a_new_shell(checkout: Path, stripe_mock_
     assert values["MIGRATION_DATABASE_URL"] == f"postgresql://postgres@127.0.0.1:{port}/tokenbill"
     assert conninfo_to_dict(values["DATABASE_URL"])["user"] == "tokenbill_web"
     assert conninfo_to_dict(values["WEBHOOK_DATABASE_URL"])["user"] == "tokenbill_stripe"
-    assert conninfo_to_dict(values["AUTH_DATABASE_URL"])["user"] == "tokenbill_auth"
+    assert conninfo_to_dict(values["AUTH_DATABASE_URL"])["user"] == "tokenbill_signin"
     assert values["TOKENBILL_ENV"] == "development"
     assert values["SECRET_KEY"] == "chosen-by-me"  # never overwritten
     lines = env_file.read_text().splitlines()

@@ -41,7 +41,7 @@ def app_on_logins(make_app, logins):
     return make_app(
         DATABASE_URL=logins["web"],
         WEBHOOK_DATABASE_URL=logins["stripe"],
-        AUTH_DATABASE_URL=logins["auth"],
+        AUTH_DATABASE_URL=logins["signin"],
     )
 
 
@@ -150,7 +150,7 @@ def test_the_auth_login_reads_credentials_and_nothing_else(logins, victim, owner
     """The adversary holds AUTH_DATABASE_URL: it can check passwords (that is its job), but
     cannot spend, grant or move tokens, start sessions, mint keys or read anyone's data, and
     cannot SET ROLE to any other group role."""
-    with psycopg.connect(logins["auth"], autocommit=True) as conn:
+    with psycopg.connect(logins["signin"], autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # NOINHERIT: nothing yet
             conn.execute("select * from api.user_credentials(%(email)s)", victim)
         conn.execute("set role tokenbill_auth")

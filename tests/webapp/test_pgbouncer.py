@@ -208,7 +208,7 @@ def test_password_checks_run_as_the_auth_login_behind_pgbouncer(make_app, bounce
     app = make_app(
         DATABASE_URL=bouncer["web"],
         WEBHOOK_DATABASE_URL=bouncer["stripe"],
-        AUTH_DATABASE_URL=bouncer["auth"],
+        AUTH_DATABASE_URL=bouncer["signin"],
         DATABASE_TRANSACTION_POOLER=True,
     )
     _, email = member()

@@ -9,13 +9,15 @@ the group roles given, and holds nothing until it runs ``SET ROLE`` (webapp.db d
 creates ``<prefix>_web`` (tokenbill_app + tokenbill_admin, the web app), ``<prefix>_stripe``
 (tokenbill_webhook), ``<prefix>_workers`` (tokenbill_notifier + tokenbill_sweeper: the
 background loops claim top-ups and alerts and settle expired agent holds, and cannot act as the
-web app, make admins or apply Stripe events) and ``<prefix>_auth`` (tokenbill_auth: reads
+web app, make admins or apply Stripe events) and ``<prefix>_signin`` (tokenbill_auth: reads
 password hashes for the login and change-password checks, nothing else; 0031) and prints
 ``export DATABASE_URL=...``, ``WEBHOOK_DATABASE_URL``, ``WORKER_DATABASE_URL`` and
 ``AUTH_DATABASE_URL`` lines for eval. Passwords come from --web-password/--stripe-password/
---workers-password/--auth-password (WEB_DB_PASSWORD/STRIPE_DB_PASSWORD/WORKERS_DB_PASSWORD/
-AUTH_DB_PASSWORD), else .data/db-logins (0600, made once, reused). A group no longer listed
-for a login is revoked on the next run; a login added since (``_auth``) is made then.
+--workers-password/--signin-password (WEB_DB_PASSWORD/STRIPE_DB_PASSWORD/WORKERS_DB_PASSWORD/
+SIGNIN_DB_PASSWORD), else .data/db-logins (0600, made once, reused). A group no longer listed
+for a login is revoked on the next run; a login added since (``_signin``) is made then. A
+login is never named like a group role (``tokenbill_auth``): an existing role that cannot log
+in is refused, never altered into a login.
 """
 
 from __future__ import annotations
@@ -35,25 +37,30 @@ GROUPS = {
     "web": ["tokenbill_app", "tokenbill_admin"],
     "stripe": ["tokenbill_webhook"],
     "workers": ["tokenbill_notifier", "tokenbill_sweeper"],
-    "auth": ["tokenbill_auth"],
+    "signin": ["tokenbill_auth"],
 }
 EXPORTS = {
     "web": "DATABASE_URL",
     "stripe": "WEBHOOK_DATABASE_URL",
     "workers": "WORKER_DATABASE_URL",
-    "auth": "AUTH_DATABASE_URL",
+    "signin": "AUTH_DATABASE_URL",
 }
 
 
 def ensure_login(admin_url: str, name: str, password: str, groups: Iterable[str]) -> None:
-    """Create or update login ``name``: NOINHERIT, no special rights, member of ``groups`` only."""
+    """Create or update login ``name``: NOINHERIT, no special rights, member of ``groups`` only.
+
+    An existing role that cannot log in is a group role (or someone else's): ALTER would hand
+    its privileges to whoever holds the new password, so it is refused."""
     ident = sql.Identifier(name)
     attrs = sql.SQL(
         "login noinherit nosuperuser nocreatedb nocreaterole noreplication nobypassrls password {}"
     ).format(sql.Literal(password))
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_roles where rolname = %s", [name]).fetchone()
-        verb = "alter" if exists else "create"
+        row = conn.execute("select rolcanlogin from pg_roles where rolname = %s", [name]).fetchone()
+        if row is not None and not row[0]:
+            raise click.ClickException(f"{name} is a role that cannot log in, not a login: refused")
+        verb = "alter" if row else "create"
         conn.execute(sql.SQL(verb + " role {} {}").format(ident, attrs))
         wanted = set(groups)
         current = {
@@ -88,7 +95,7 @@ def _save(path: Path, passwords: dict[str, str]) -> None:
 def make_logins(
     admin_url: str, database_url: str, prefix: str, given: dict[str, str | None]
 ) -> dict[str, str]:
-    """Ensure every login; return their connection URLs by duty (web, stripe, workers, auth)."""
+    """Ensure every login; return their connection URLs by duty (web, stripe, workers, signin)."""
     stored = {} if all(given.values()) else _passwords(DATA_FILE)
     urls = {}
     for suffix, groups in GROUPS.items():
@@ -108,7 +115,7 @@ def make_logins(
 @click.option("--web-password", envvar="WEB_DB_PASSWORD")
 @click.option("--stripe-password", envvar="STRIPE_DB_PASSWORD")
 @click.option("--workers-password", envvar="WORKERS_DB_PASSWORD")
-@click.option("--auth-password", envvar="AUTH_DB_PASSWORD")
+@click.option("--signin-password", envvar="SIGNIN_DB_PASSWORD")
 def command(
     admin_url: str,
     database_url: str,
@@ -116,14 +123,14 @@ def command(
     web_password: str | None,
     stripe_password: str | None,
     workers_password: str | None,
-    auth_password: str | None,
+    signin_password: str | None,
 ) -> None:
     """Create the app's NOINHERIT logins; print `export ...` lines for eval."""
     given = {
         "web": web_password,
         "stripe": stripe_password,
         "workers": workers_password,
-        "auth": auth_password,
+        "signin": signin_password,
     }
     urls = make_logins(admin_url, database_url, prefix, given)
     for duty, variable in EXPORTS.items():

@@ -6,6 +6,7 @@ import os
 import shlex
 import uuid
 
+import click
 import psycopg
 import pytest
 from psycopg import sql
@@ -37,7 +38,7 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
             ).fetchall()
         assert rows == [
             # password hashes only (0031): the web login cannot read them
-            (f"{prefix}_auth", False, False, False, ["tokenbill_auth"]),
+            (f"{prefix}_signin", False, False, False, ["tokenbill_auth"]),
             (f"{prefix}_stripe", False, False, False, ["tokenbill_webhook"]),
             (f"{prefix}_web", False, False, False, ["tokenbill_admin", "tokenbill_app"]),
             # the background loops: not the web app, no admin, no Stripe events
@@ -48,7 +49,7 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
         with psycopg.connect(exports["WORKER_DATABASE_URL"]) as conn:
             assert conn.execute("select current_user").fetchone() == (f"{prefix}_workers",)
         with psycopg.connect(exports["AUTH_DATABASE_URL"]) as conn:
-            assert conn.execute("select current_user").fetchone() == (f"{prefix}_auth",)
+            assert conn.execute("select current_user").fetchone() == (f"{prefix}_signin",)
         # run again: same logins, memberships unchanged (idempotent)
         db_logins.ensure_login(admin_url, f"{prefix}_web", "pw-web", ["tokenbill_app"])
         assert groups_of(admin_url, f"{prefix}_web") == ["tokenbill_app"]  # unlisted: revoked
@@ -57,7 +58,7 @@ def test_makes_noinherit_non_superuser_logins_and_prints_their_urls(app, admin_u
 
 
 def run_db_logins(app, admin_url: str, database_url: str, prefix: str):
-    """``flask db-logins`` for the four logins named ``prefix``_web/_stripe/_workers/_auth."""
+    """``flask db-logins`` for the four logins named ``prefix``_web/_stripe/_workers/_signin."""
     return app.test_cli_runner().invoke(
         args=[
             "db-logins",
@@ -67,7 +68,7 @@ def run_db_logins(app, admin_url: str, database_url: str, prefix: str):
             "--web-password", "pw-web",
             "--stripe-password", "pw-stripe",
             "--workers-password", "pw-workers",
-            "--auth-password", "pw-auth",
+            "--signin-password", "pw-signin",
         ]
     )  # fmt: skip
 
@@ -85,7 +86,7 @@ def groups_of(admin_url: str, login: str) -> list[str]:
 
 def drop_logins(admin_url: str, prefix: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        for suffix in ("web", "stripe", "workers", "auth"):
+        for suffix in ("web", "stripe", "workers", "signin"):
             conn.execute(
                 sql.SQL("drop role if exists {}").format(sql.Identifier(f"{prefix}_{suffix}"))
             )
@@ -121,7 +122,7 @@ def test_rerunning_after_0031_adds_the_auth_login_and_the_web_login_loses_the_ha
     app, admin_url, database_url
 ):
     """A deployment whose logins were made before 0031 (no auth login): after `migrate`,
-    running db-logins again makes ``prefix``_auth, which checks passwords, while the web login
+    running db-logins again makes ``prefix``_signin, which checks passwords, while the web login
     it had all along can no longer read a hash."""
     prefix = f"tb_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
     try:
@@ -129,10 +130,10 @@ def test_rerunning_after_0031_adds_the_auth_login_and_the_web_login_loses_the_ha
         result = run_db_logins(app, admin_url, database_url, prefix)
         assert result.exit_code == 0, result.output
 
-        assert groups_of(admin_url, f"{prefix}_auth") == ["tokenbill_auth"]
+        assert groups_of(admin_url, f"{prefix}_signin") == ["tokenbill_auth"]
         query = "select count(*) from api.user_credentials('nobody@example.test')"
         with psycopg.connect(
-            make_conninfo(database_url, user=f"{prefix}_auth", password="pw-auth")
+            make_conninfo(database_url, user=f"{prefix}_signin", password="pw-signin")
         ) as conn:
             conn.execute("set role tokenbill_auth")
             assert conn.execute(query).fetchone() == (0,)
@@ -144,3 +145,32 @@ def test_rerunning_after_0031_adds_the_auth_login_and_the_web_login_loses_the_ha
                 conn.execute(query)
     finally:
         drop_logins(admin_url, prefix)
+
+
+def test_no_login_the_default_prefix_makes_is_named_like_a_group_role():
+    """With the default prefix ``tokenbill``, a login named after its duty ``auth`` would be
+    the group role tokenbill_auth itself."""
+    groups = {group for wanted in db_logins.GROUPS.values() for group in wanted}
+    assert {f"tokenbill_{duty}" for duty in db_logins.GROUPS}.isdisjoint(groups)
+
+
+def test_a_group_role_is_never_turned_into_a_login(admin_url):
+    """The adversary is a login name that is a group role's (as ``tokenbill`` + ``_auth`` was
+    tokenbill_auth's, or a mistyped --prefix): ALTER ROLE would give the group LOGIN and a
+    password, so whoever holds that password holds the group's privileges, and it would become
+    a member of the login's groups. A throwaway group stands in for a real one."""
+    group = f"tb_t{os.getpid()}_{uuid.uuid4().hex[:6]}_group"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(group)))
+    try:
+        with pytest.raises(click.ClickException, match=group):
+            db_logins.ensure_login(admin_url, group, "pw", ["tokenbill_app"])
+        with psycopg.connect(admin_url) as conn:
+            row = conn.execute(
+                "select rolcanlogin, rolinherit from pg_roles where rolname = %s", [group]
+            ).fetchone()
+        assert row == (False, True)
+        assert groups_of(admin_url, group) == []
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(group)))
