@@ -187,7 +187,8 @@ def test_a_misconfigured_operator_gets_no_topup_charged(
     """Production with a simulated Stripe would answer 'succeeded' for a card nobody charged
     (and grant the tokens through its webhook); without a key there is nothing to charge."""
     _, _, row = queued(owner, app_conn, make_user)
-    app = make_app(STRIPE_API_BASE=proxy.url, WEBHOOK_DATABASE_URL=database_url, **settings)
+    logins = {"WEBHOOK_DATABASE_URL": database_url, "AUTH_DATABASE_URL": database_url}
+    app = make_app(STRIPE_API_BASE=proxy.url, **logins, **settings)
 
     loops, off = build_loops(app.config, {}, 5, 60)
     assert "auto-topup" not in {loop.name for loop in loops}
