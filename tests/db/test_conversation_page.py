@@ -9,7 +9,6 @@ its size + 1 entries of exchanges_conversation_idx, whatever the statistics say.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -18,7 +17,7 @@ from psycopg.rows import dict_row
 
 from tests.support.agents import begin_request as begin
 from tests.support.agents import settle_request as settle
-from tests.support.upgrade import funded_user
+from tests.support.plans import assert_reads_only_by, inner_plans, tied_conversation
 from webapp.ops import migrate
 
 PAGE_SQL = "select * from api.conversation_page(%s, %s, %s, %s)"
@@ -116,86 +115,27 @@ def test_someone_elses_conversation_reads_nothing(app_conn, make_user) -> None:
     assert prompts(page(app_conn, alice, conversation, None, 50)) == ["alice's secret"]
 
 
-def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [plan]
-    for child in plan.get("Plans", []):
-        nodes.extend(plan_nodes(child))
-    return nodes
-
-
 def test_a_page_reads_one_page_of_the_conversation_index_under_a_statistics_tie(
     empty_db: str,
 ) -> None:
-    """Statistics say every user has one conversation of five exchanges; then one user piles
-    up 3000 exchanges in another conversation and 3000 in this one, unknown to the
-    statistics. api.messages' query then read the user's 6000 entries of exchanges_pkey
-    (BitmapAnd) and the whole conversation; a page must read page size + 1 entries of the
-    conversation's index, in the first calls (custom plans) and later ones (generic)."""
+    """Under the tie (tests/support/plans.py) api.messages' query read the user's 6000 entries
+    of exchanges_pkey (BitmapAnd) and the whole conversation; a page must read page size + 1
+    entries of the conversation's index, in the first calls (custom plans) and later ones
+    (generic)."""
     migrate.upgrade(empty_db)
     with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as owner:
-        owner.execute("alter table tokenbill.exchanges set (autovacuum_enabled = off)")
-        user = funded_user(owner, 100)
-        conversation = begin(owner, user, "first")["conversation_id"]
-        owner.execute(
-            "with u as (insert into tokenbill.users (email, password_hash)"
-            "  select 'many' || g || '@example.test', 'x' from generate_series(1, 200) g"
-            "  returning id),"
-            " c as (insert into tokenbill.conversations (user_id, title)"
-            "  select id, 'one' from u returning id, user_id)"
-            " insert into tokenbill.exchanges (conversation_id, user_id, request_id, prompt,"
-            "  reply, reply_status, cost)"
-            " select c.id, c.user_id, 'r' || g, 'p', 'r', 'done', 1"
-            "  from c, generate_series(1, 5) g"
-        )
-        owner.execute("analyze tokenbill.exchanges")
-        other = owner.execute(
-            "insert into tokenbill.conversations (user_id, title) values (%s, 'other')"
-            " returning id",
-            [user],
-        ).fetchone()["id"]
-        for target, tag in ((other, "other"), (conversation, "big")):
-            owner.execute(
-                "insert into tokenbill.exchanges (conversation_id, user_id, request_id, prompt,"
-                " reply, reply_status, cost)"
-                " select %s, %s, %s || g, 'p', 'r', 'done', 1 from generate_series(1, 3000) g",
-                [target, user, tag],
-            )
+        user, conversation = tied_conversation(owner)
+        pages: list[list[dict[str, Any]]] = []
 
-        plans: list[str] = []
-        # auto_explain shows the plan of the statement inside the function (the owner loads
-        # it, then acts as the app's role)
-        with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as conn:
-            conn.execute("load 'auto_explain'")
-            for name, value in (
-                ("log_nested_statements", "on"),
-                ("log_analyze", "on"),
-                ("log_timing", "off"),
-                ("log_format", "json"),
-                ("log_level", "notice"),
-                ("log_min_duration", "0"),
-            ):
-                conn.execute("select set_config(%s, %s, false)", [f"auto_explain.{name}", value])
-            conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
-            conn.execute("set role tokenbill_app")
+        def calls():
             before = None
             for _ in range(8):  # one session: plpgsql's plans go generic after five
-                rows = conn.execute(PAGE_SQL, [user, conversation, before, 50]).fetchall()
-                assert len(rows) == 100
-                before = rows[0]["earlier"]
+                yield [user, conversation, before, 50]
+                pages.append(page(owner, user, conversation, before, 50))
+                before = pages[-1][0]["earlier"]
 
-        docs = [json.loads(p[p.find("{") :]) for p in plans if "{" in p]
-        inner = [doc for doc in docs if "api.conversation_page(" not in doc["Query Text"]]
-        assert len(inner) == 8, [doc["Query Text"] for doc in inner]
-        for doc in inner:
-            nodes = plan_nodes(doc["Plan"])
-            indexes = {n.get("Index Name") for n in nodes} - {None}
-            assert indexes == {"exchanges_conversation_idx"}, json.dumps(doc["Plan"])
-            types = {n["Node Type"] for n in nodes}
-            assert not types & {"Bitmap Heap Scan", "Seq Scan"}, json.dumps(doc["Plan"])
-            # entries of the conversation's index read: one page and one more, per page
-            read = sum(
-                n["Actual Rows"] * n.get("Actual Loops", 1)
-                for n in nodes
-                if n.get("Index Name") == "exchanges_conversation_idx"
-            )
-            assert read <= 2 * 51, json.dumps(doc["Plan"])
+        plans = inner_plans(empty_db, "api.conversation_page", PAGE_SQL, calls())
+    assert [len(rows) for rows in pages] == [100] * 8
+    assert len(plans) == 8
+    for plan in plans:
+        assert_reads_only_by(plan, "exchanges_conversation_idx", 2 * 51)
