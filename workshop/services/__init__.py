@@ -14,6 +14,7 @@ from workshop.services.postgres import (
     pg_url,
     postgres_version,
     restart_postgres,
+    single_user_command,
     stop_postgres,
 )
 from workshop.services.stripe_mock import (
@@ -52,6 +53,7 @@ __all__ = [
     "pg_url",
     "postgres_version",
     "restart_postgres",
+    "single_user_command",
     "stop_all",
     "stop_postgres",
     "stop_stripe_mock",

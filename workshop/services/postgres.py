@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from workshop.services.common import (
@@ -415,6 +416,16 @@ def stop_postgres(data_dir: Path | None = None) -> bool:
     log.info("stopping PostgreSQL in %s", data_dir)
     _check(_pg_ctl(bindir, data_dir, user, "stop", "-m", "fast", "-w"), "pg_ctl stop")
     return True
+
+
+def single_user_command(data_dir: Path, database: str, wrapper: Sequence[str] = ()) -> list[str]:
+    """``postgres --single`` on the stopped cluster in data_dir, as the user that owns it: one
+    backend reading statements from stdin, one per line, run by ``wrapper`` if given
+    (workshop/bench_instructions.py counts it with callgrind)."""
+    bindir = _choose_bindir(data_dir)
+    user = _ensure_service_user(data_dir)
+    backend = [str(bindir / "postgres"), "--single", "-D", str(data_dir), database]
+    return _as_user([*wrapper, *backend], user)
 
 
 def restart_postgres(data_dir: Path, mode: str = "fast") -> None:

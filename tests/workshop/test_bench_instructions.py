@@ -1,0 +1,39 @@
+"""Smoke run of workshop.bench_instructions with a handful of calls: every statement of the
+pgbench scripts becomes a prepared statement, each path's calls are counted by callgrind in a
+single-user backend of a throwaway cluster, and the table has its rows and ratios. Never
+asserts on how many instructions a path takes, only that they were counted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from workshop import bench_instructions
+from workshop.bench_common import parse_tables
+from workshop.bench_pgbench import PATHS, SCRIPTS
+
+STATEMENTS = {"raw": 1, "one_statement": 1, "seed": 2, "consume": 1, "agent_continue": 2,
+              "agent": 2, "seed_agent": 4}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.key)
+def test_every_script_becomes_prepared_statements(path) -> None:
+    sqls = bench_instructions.statements(SCRIPTS / f"{path.key}.sql")
+    assert len(sqls) == STATEMENTS[path.key]
+    for sql in sqls:
+        assert "$1" in sql and ":n" not in sql and ":r" not in sql and "\n" not in sql
+    text = bench_instructions.session_input(path, accounts=10, calls=3, seed=1)
+    assert text.count("execute ") == 3 * len(sqls)
+    assert text.startswith(f"set role {path.role};") == bool(path.role)
+
+
+def test_counts_each_path_and_prints_the_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--calls", "3", "--accounts", "20", "--warm", "20", "--paths", "consume"]
+    assert bench_instructions.main(argv) == 0
+    table, goals = parse_tables(capsys.readouterr().out)
+    labels = {p.key: p.label for p in PATHS}
+    assert [row[0] for row in table[1:]] == [labels["raw"], labels["consume"]]
+    for row in table[1:]:
+        assert int(row[1].replace(",", "")) > 10_000, row  # a transaction, not an empty run
+    assert table[1][2] == "1.00"
+    assert [g[0] for g in goals[1:]] == []  # the paths of the goals were not all run

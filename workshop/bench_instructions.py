@@ -1,0 +1,172 @@
+"""Instructions per call of each billing path, counted by callgrind: the same paths as
+workshop/bench_pgbench.py (its pgbench scripts), side by side in one run.
+
+    python -m workshop.bench_instructions [--calls 500] [--paths consume,seed]
+
+Why a second instrument: pgbench's tps and CPU time move with whatever else the machine runs
+(on a shared 2-core machine a quiet hour is rare); the instructions one backend executes for
+a call do not. Each path's statements run as prepared statements in a single-user backend
+(``postgres --single``) under ``valgrind --tool=callgrind``, one transaction per statement as
+in pgbench, twice: with W calls and with W + N. The difference over N is the cost of one
+call, without the backend's start, the plans' first compilation or the warm-up. What it
+cannot see: waits (locks, fsync), contention between clients, cache misses. Ratios are
+printed like bench_pgbench's, "× as cheap": above 1 the first path costs fewer instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from webapp.ops import migrate
+from workshop import services
+from workshop.bench_common import connect_owner, format_table, progress
+from workshop.bench_pgbench import GOALS, PATHS, SCRIPTS, BenchPath, load, pgbench_binary
+from workshop.net import free_port
+
+DATABASE = "tokenbill_instructions"
+WARM_CALLS = 50  # calls before the counted ones: plans compiled, caches filled
+_COLLECTED = re.compile(r"Collected : (\d+)")
+_VARIABLE = {":n": "$1", ":r": "$2"}  # the scripts' \set variables, as prepared-statement params
+
+
+def statements(script: Path) -> list[str]:
+    """The SQL statements of a pgbench script, one line each, with :n and :r as $1 and $2."""
+    lines = [
+        line
+        for line in script.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("--", "\\"))
+    ]
+    text = re.sub(r":[nr]\b", lambda m: _VARIABLE[m.group(0)], " ".join(lines))
+    return [" ".join(part.split()) for part in text.split(";") if part.strip()]
+
+
+def session_input(path: BenchPath, accounts: int, calls: int, seed: int) -> str:
+    """What the single-user backend reads: the role, the prepared statements, then ``calls``
+    calls of the path (every statement once, its own transaction), on random accounts."""
+    rnd = random.Random(seed)
+    sqls = statements(SCRIPTS / f"{path.key}.sql")
+    out = [f"set role {path.role};"] if path.role else []
+    out += [f"prepare s{i}(int, bigint) as {sql};" for i, sql in enumerate(sqls)]
+    for _ in range(calls):
+        account, request = rnd.randint(1, accounts), rnd.randint(1, 9 * 10**18)
+        out += [f"execute s{i}({account}, {request});" for i in range(len(sqls))]
+    return "\n".join(out) + "\n"
+
+
+def count(data: Path, text: str, work: Path) -> int:
+    """Instructions callgrind counted for one backend reading ``text``; a statement's ERROR
+    fails the run (a path that errors would look cheap)."""
+    stdin, out = work / "input.sql", work / "callgrind.out"
+    stdin.write_text(text)
+    stdin.chmod(0o644)
+    work.chmod(0o777)  # the backend runs as the cluster's user and writes callgrind.out
+    callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    with stdin.open() as source:
+        done = subprocess.run(
+            services.single_user_command(data, DATABASE, callgrind),
+            stdin=source,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or not found or "ERROR:" in done.stdout:
+        errors = [line for line in done.stdout.splitlines() if "ERROR" in line][:3]
+        why = errors or done.stderr[-500:]
+        raise SystemExit(f"callgrind run failed (exit {done.returncode}): {why}")
+    return int(found.group(1))
+
+
+def per_call(data: Path, path: BenchPath, accounts: int, calls: int, work: Path) -> float:
+    """Instructions of one call: (W + N calls) − (W calls), over N."""
+    warm = count(data, session_input(path, accounts, WARM_CALLS, seed=1), work)
+    full = count(data, session_input(path, accounts, WARM_CALLS + calls, seed=2), work)
+    return (full - warm) / calls
+
+
+def warm_up(url: str, paths: Sequence[BenchPath], accounts: int, calls: int) -> None:
+    """Run every path a while on the live server, then ANALYZE: the single-user backend has
+    no autovacuum, and plans made on statistics of empty tables would scan them whole."""
+    for path in paths:
+        env = {"PGOPTIONS": f"-c role={path.role}"} if path.role else {}
+        subprocess.run(
+            [pgbench_binary(), "-n", "-M", "prepared", "-t", str(calls), "-D", "first=1",
+             "-D", f"last={accounts}", "-f", str(SCRIPTS / f"{path.key}.sql"), url],
+            env={**os.environ, **env}, capture_output=True, check=True,
+        )  # fmt: skip
+    with connect_owner(url) as conn:
+        conn.execute("vacuum (analyze)")
+
+
+def measure(paths: Sequence[BenchPath], accounts: int, calls: int, warm: int) -> dict[str, float]:
+    base = Path(tempfile.mkdtemp(prefix="tokenbill-instructions-"))
+    base.chmod(0o755)  # the cluster's user must reach its data directory
+    data = base / "postgres"
+    try:
+        admin_url = services.ensure_postgres(data, free_port())
+        url = services.ensure_database(admin_url, DATABASE)
+        migrate.upgrade(url)
+        progress(f"loading {accounts:,} accounts")
+        load(url, accounts)
+        warm_up(url, paths, accounts, warm)
+        services.stop_postgres(data)
+        results = {}
+        for path in paths:
+            results[path.key] = per_call(data, path, accounts, calls, base)
+            progress(f"{path.label}: {results[path.key]:,.0f} instructions a call")
+        return results
+    finally:
+        services.stop_postgres(data)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def report(results: dict[str, float]) -> str:
+    labels = {p.key: p.label for p in PATHS}
+    raw = results.get("raw")
+    rows = [
+        [labels[key], f"{value:,.0f}", f"{raw / value:.2f}" if raw else "-"]
+        for key, value in results.items()
+    ]
+    table = format_table(["path", "instructions a call", "×raw (as cheap)"], rows)
+    goal_rows = [
+        [what, f"{results[den] / results[num]:.2f}", "-" if spread is None else f"≥ {spread}"]
+        for num, den, what, _hot, spread in GOALS
+        if num in results and den in results
+    ]
+    goals = format_table(["ratio (same run)", "as cheap", "tps target"], goal_rows)
+    return f"{table}\n\n{goals}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workshop.bench_instructions")
+    parser.add_argument("--calls", type=int, default=500, help="counted calls per path")
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--paths", help="comma-separated path keys (default: all)")
+    parser.add_argument(
+        "--warm", type=int, default=300, help="pgbench calls per path before ANALYZE"
+    )
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind not found: apt-get install valgrind")
+    wanted = set(args.paths.split(",")) if args.paths else {p.key for p in PATHS}
+    paths = [p for p in PATHS if p.key in wanted or p.key == "raw"]
+    results = measure(paths, args.accounts, args.calls, args.warm)
+    print(
+        f"callgrind, one single-user backend, {args.calls} calls a path after {WARM_CALLS}, "
+        f"{args.accounts:,} accounts\n"
+    )
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
