@@ -71,16 +71,26 @@ def test_purchase_webhook_and_admin_work_on_least_privilege_logins(app_on_logins
     assert admin.client.post("/admin/audit").status_code == 200  # ledger_audit as tokenbill_admin
 
 
+def refused_as_every_web_role(conn: psycopg.Connection, query: str, params: object) -> None:
+    """``query`` is refused to the web login as itself and as each role it may SET; the
+    connection is left as the login itself."""
+    for role in ("tokenbill_app", "tokenbill_admin", None):
+        conn.execute("reset role")
+        if role:
+            conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(query, params)  # type: ignore[arg-type]
+            pytest.fail(f"as {role or 'the login'} the web login ran {query}")
+    conn.execute("reset role")
+
+
 def test_the_web_login_cannot_apply_stripe_events(logins, make_user, owner):
     user = make_user()
     unsigned = json.dumps(ev.payment_intent_succeeded(user, "tokens_600", 2000))
     with psycopg.connect(logins["web"], autocommit=True) as conn:
-        for role in ("tokenbill_app", "tokenbill_admin", None):
-            conn.execute("reset role")
-            if role:
-                conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("select * from api.handle_stripe_event(%s::jsonb)", [unsigned])
+        refused_as_every_web_role(
+            conn, "select * from api.handle_stripe_event(%s::jsonb)", [unsigned]
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("set role tokenbill_webhook")
     assert balance_of(owner, user) == 0
@@ -116,14 +126,7 @@ def test_the_web_login_cannot_read_a_password_hash(logins, victim):
     role it may take, it reads no password hash for offline cracking, and it cannot become
     tokenbill_auth."""
     with psycopg.connect(logins["web"], autocommit=True) as conn:
-        for role in ("tokenbill_app", "tokenbill_admin", None):
-            conn.execute("reset role")
-            if role:
-                conn.execute(sql.SQL("set role {}").format(sql.Identifier(role)))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("select * from api.user_credentials(%(email)s)", victim)
-                pytest.fail(f"as {role} the web login read a password hash")
-        conn.execute("reset role")
+        refused_as_every_web_role(conn, "select * from api.user_credentials(%(email)s)", victim)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("set role tokenbill_auth")
 
