@@ -8,6 +8,8 @@
   const textarea = document.getElementById("chat-message");
   const sendButton = document.getElementById("chat-send");
   const messages = document.getElementById("messages");
+  // on an older page of the conversation (0030): the link back to its newest page
+  const newestPage = document.getElementById("newest-messages");
   const statusLine = document.getElementById("chat-status");
   const needTokens = document.getElementById("need-tokens");
   const conversationList = document.getElementById("conversation-list");
@@ -170,10 +172,14 @@
     const mine = addMessage("user", text).parentElement;
     textarea.value = "";
     try {
-      if ((await send(text)) === "rejected") {
+      const outcome = await send(text);
+      if (outcome === "rejected") {
         // nothing ran and nothing was charged: give the text back so it can be re-sent
         mine.remove();
         textarea.value = text;
+      } else if (newestPage) {
+        // sent from an older page: the exchange belongs after the newest ones, not these
+        window.location.assign(newestPage.href);
       }
     } catch (error) {
       statusLine.textContent = "Network error: the message may not have been answered.";
