@@ -13,7 +13,13 @@ from __future__ import annotations
 import psycopg
 from psycopg.rows import dict_row
 
-from tests.support.plans import BIG, assert_reads_only_by, inner_plans, tied_conversation
+from tests.support.plans import (
+    BIG,
+    assert_reads_only_by,
+    explaining,
+    inner_plans,
+    tied_conversation,
+)
 from webapp.ops import migrate
 
 HISTORY_SQL = "select * from api.conversation_history(%s, %s, %s, %s, %s)"
@@ -25,10 +31,12 @@ def test_the_history_reads_its_exchanges_not_the_conversation_under_a_statistics
     migrate.upgrade(empty_db)
     with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as owner:
         user, conversation = tied_conversation(owner)
-        calls = [[user, conversation, f"new {i}", 20, 100_000] for i in range(8)]
-        plans = inner_plans(empty_db, "api.conversation_history", HISTORY_SQL, calls)
-        turns = owner.execute(HISTORY_SQL, calls[0]).fetchall()
-    assert [t["content"] for t in turns[-2:]] == ["p", "r"] and len(turns) == 40
+    with explaining(empty_db) as (conn, notices):
+        for i in range(8):  # one session: plpgsql's plans go generic after five
+            call = [user, conversation, f"new {i}", 20, 100_000]
+            turns = conn.execute(HISTORY_SQL, call).fetchall()
+            assert [t["content"] for t in turns[-2:]] == ["p", "r"] and len(turns) == 40
+    plans = inner_plans(notices, "api.conversation_history")
     assert len(plans) == 8  # the first, custom plans and the generic one after five
     for plan in plans:
         assert_reads_only_by(plan, "exchanges_conversation_idx", 2 * 21)

@@ -17,7 +17,12 @@ from psycopg.rows import dict_row
 
 from tests.support.agents import begin_request as begin
 from tests.support.agents import settle_request as settle
-from tests.support.plans import assert_reads_only_by, inner_plans, tied_conversation
+from tests.support.plans import (
+    assert_reads_only_by,
+    explaining,
+    inner_plans,
+    tied_conversation,
+)
 from webapp.ops import migrate
 
 PAGE_SQL = "select * from api.conversation_page(%s, %s, %s, %s)"
@@ -125,17 +130,13 @@ def test_a_page_reads_one_page_of_the_conversation_index_under_a_statistics_tie(
     migrate.upgrade(empty_db)
     with psycopg.connect(empty_db, autocommit=True, row_factory=dict_row) as owner:
         user, conversation = tied_conversation(owner)
-        pages: list[list[dict[str, Any]]] = []
-
-        def calls():
-            before = None
-            for _ in range(8):  # one session: plpgsql's plans go generic after five
-                yield [user, conversation, before, 50]
-                pages.append(page(owner, user, conversation, before, 50))
-                before = pages[-1][0]["earlier"]
-
-        plans = inner_plans(empty_db, "api.conversation_page", PAGE_SQL, calls())
-    assert [len(rows) for rows in pages] == [100] * 8
+    with explaining(empty_db) as (conn, notices):
+        before = None
+        for _ in range(8):  # one session: plpgsql's plans go generic after five
+            rows = page(conn, user, conversation, before, 50)
+            assert len(rows) == 100
+            before = rows[0]["earlier"]
+    plans = inner_plans(notices, "api.conversation_page")
     assert len(plans) == 8
     for plan in plans:
         assert_reads_only_by(plan, "exchanges_conversation_idx", 2 * 51)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -56,12 +57,11 @@ def tied_conversation(owner: psycopg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
     return user, conversation
 
 
-def inner_plans(
-    url: str, function: str, sql: str, calls: Iterable[Sequence[Any]]
-) -> list[dict[str, Any]]:
-    """The executed plans (auto_explain, JSON, with row counts) of the statements inside
-    ``function``, one per call of ``sql`` in one session acting as tokenbill_app, so that
-    plpgsql's first (custom) plans and its later generic one are all seen."""
+@contextmanager
+def explaining(url: str) -> Iterator[tuple[psycopg.Connection[Any], list[str]]]:
+    """A session acting as tokenbill_app whose every statement, nested ones included, leaves
+    its executed plan (auto_explain, JSON, with row counts) in the list yielded beside it. One
+    session, so that plpgsql's first (custom) plans and its later generic one are all seen."""
     notices: list[str] = []
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         conn.execute("load 'auto_explain'")  # as the owner; then act as the app's role
@@ -76,8 +76,11 @@ def inner_plans(
             conn.execute("select set_config(%s, %s, false)", [f"auto_explain.{name}", value])
         conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         conn.execute("set role tokenbill_app")
-        for params in calls:
-            conn.execute(sql, list(params)).fetchall()
+        yield conn, notices
+
+
+def inner_plans(notices: list[str], function: str) -> list[dict[str, Any]]:
+    """The plans of the statements inside ``function``, from explaining()'s notices."""
     docs = [json.loads(n[n.find("{") :]) for n in notices if "{" in n]
     return [doc["Plan"] for doc in docs if f"{function}(" not in doc["Query Text"]]
 
