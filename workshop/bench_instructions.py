@@ -9,14 +9,14 @@ a call do not. Each path's statements run as prepared statements in a single-use
 (``postgres --single``) under ``valgrind --tool=callgrind``, one transaction per statement as
 in pgbench, twice: with W calls and with W + N. The difference over N is the cost of one
 call, without the backend's start, the plans' first compilation or the warm-up. What it
-cannot see: waits (locks, fsync), contention between clients, cache misses. Ratios are
+cannot see: the kernel's work (sockets, WAL writes, fsync), waits, contention between
+clients, cache misses. Ratios are
 printed like bench_pgbench's, "× as cheap": above 1 the first path costs fewer instructions.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
@@ -29,7 +29,15 @@ from pathlib import Path
 from webapp.ops import migrate
 from workshop import services
 from workshop.bench_common import connect_owner, format_table, progress
-from workshop.bench_pgbench import GOALS, PATHS, SCRIPTS, BenchPath, load, pgbench_binary
+from workshop.bench_pgbench import (
+    GOALS,
+    PATHS,
+    SCRIPTS,
+    BenchPath,
+    load,
+    pgbench_binary,
+    pgbench_env,
+)
 from workshop.net import free_port
 
 DATABASE = "tokenbill_instructions"
@@ -97,11 +105,10 @@ def warm_up(url: str, paths: Sequence[BenchPath], accounts: int, calls: int) -> 
     """Run every path a while on the live server, then ANALYZE: the single-user backend has
     no autovacuum, and plans made on statistics of empty tables would scan them whole."""
     for path in paths:
-        env = {"PGOPTIONS": f"-c role={path.role}"} if path.role else {}
         subprocess.run(
             [pgbench_binary(), "-n", "-M", "prepared", "-t", str(calls), "-D", "first=1",
              "-D", f"last={accounts}", "-f", str(SCRIPTS / f"{path.key}.sql"), url],
-            env={**os.environ, **env}, capture_output=True, check=True,
+            env=pgbench_env(path), capture_output=True, check=True,
         )  # fmt: skip
     with connect_owner(url) as conn:
         conn.execute("vacuum (analyze)")

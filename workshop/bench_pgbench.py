@@ -265,12 +265,18 @@ _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
 _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 
 
-def run_pgbench(url: str, path: BenchPath, first: int, last: int, settings: Settings) -> Run:
-    """One pgbench run (tps, failed and processed transactions); an aborted run counts as
-    failed."""
+def pgbench_env(path: BenchPath) -> dict[str, str]:
+    """pgbench's environment: the path's role for the whole session, like the app's pool."""
     env = dict(os.environ)
     if path.role:
         env["PGOPTIONS"] = f"-c role={path.role}"
+    return env
+
+
+def run_pgbench(url: str, path: BenchPath, first: int, last: int, settings: Settings) -> Run:
+    """One pgbench run (tps, failed and processed transactions); an aborted run counts as
+    failed."""
+    env = pgbench_env(path)
     command = [
         pgbench_binary(), "-n", "-M", "prepared",
         "-c", str(settings.clients), "-j", str(settings.threads), "-T", str(settings.seconds),
