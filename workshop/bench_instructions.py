@@ -10,8 +10,8 @@ a call do not. Each path's statements run as prepared statements in a single-use
 in pgbench, twice: with W calls and with W + N. The difference over N is the cost of one
 call, without the backend's start, the plans' first compilation or the warm-up. What it
 cannot see: the kernel's work (sockets, WAL writes, fsync), waits, contention between
-clients, cache misses. Ratios are
-printed like bench_pgbench's, "× as cheap": above 1 the first path costs fewer instructions.
+clients, cache misses. Ratios are printed like bench_pgbench's, "× as cheap": above 1 the
+first path costs fewer instructions.
 """
 
 from __future__ import annotations
