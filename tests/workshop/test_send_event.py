@@ -70,7 +70,7 @@ def test_without_a_secret_it_refuses_to_send(monkeypatch, capsys):
 
 
 def test_the_secret_comes_from_dotenv_without_loading_it(
-    webhook_url, owner, make_user, tmp_path, monkeypatch, capsys
+    webhook_url, owner, make_user, tmp_path, monkeypatch
 ):
     """Outside the suite (no FLASK_SKIP_DOTENV) the secret may come from .env; the rest of
     .env (the dev database's URLs) never lands in os.environ, where a later app would read it."""
