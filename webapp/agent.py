@@ -36,7 +36,7 @@ from flask_login import current_user, login_required
 
 from .agents import ChatAgent, Turn, get_agent, price_key
 from .api_auth import api_login_required, api_user, resolve_api_user
-from .db import Database, get_db
+from .db import MAX_ID, Database, get_db
 from .extensions import csrf, limiter
 from .metering import (
     AgentCall,
@@ -81,7 +81,6 @@ def _conversation_or_404(user_id: uuid.UUID, raw_id: str) -> dict[str, Any]:
 
 
 MAX_PAGE_EXCHANGES = 100  # api.conversation_page's cap
-MAX_CURSOR = 2**63 - 1  # exchange ids are bigint
 MESSAGE_FIELDS = ("role", "content", "status", "request_id", "charged", "created_at")
 
 
@@ -107,7 +106,7 @@ def _messages(
 ) -> tuple[list[dict[str, Any]], int | None]:
     """One page of the conversation (``?before=`` an exchange id, newest page by default),
     oldest first, and the cursor of the page before it (None: this is the oldest)."""
-    before = _int_arg("before", 1, MAX_CURSOR)
+    before = _int_arg("before", 1, MAX_ID)
     rows = get_db().fetch_all(
         "select * from api.conversation_page(%s, %s, %s, %s)",
         [user_id, conversation_id, before, _page_size()],

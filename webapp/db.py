@@ -56,6 +56,9 @@ PING_AFTER_IDLE_SECONDS = 2.0
 AUTH_POOL_MAX = 2
 
 Row = dict[str, Any]
+# The largest bigint: table ids (ledger, exchanges) are bigint, so a cursor past it is a
+# client's mistake, to refuse before the database does.
+MAX_ID = 2**63 - 1
 
 
 def set_role(conn: psycopg.Connection[Any], role: str | None) -> None:

@@ -16,7 +16,7 @@ from uuid import UUID
 from flask import Blueprint, abort, render_template, request
 from flask_login import current_user, login_required
 
-from .db import get_db
+from .db import MAX_ID, get_db
 
 bp = Blueprint("history", __name__, url_prefix="/history")
 
@@ -43,7 +43,6 @@ def utc(moment: dt.datetime, seconds: bool = False) -> str:
 
 
 MAX_PAGE = 100_000  # far beyond any real history; keeps OFFSET inside bigint
-MAX_CURSOR = 2**63 - 1  # ledger ids are bigint
 
 
 def page_arg(name: str) -> int:
@@ -66,7 +65,7 @@ def paginate(query: str, params: list[Any], page: int, size: int = PAGE_SIZE):
 def before_arg(name: str = "before") -> int | None:
     """A ledger id cursor from the query string; junk or absent means the newest page."""
     value = request.args.get(name, type=int)
-    if value is not None and value > MAX_CURSOR:
+    if value is not None and value > MAX_ID:
         abort(400, f"{name} is not a ledger id.")
     return value if value is not None and value > 0 else None
 
