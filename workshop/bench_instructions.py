@@ -7,8 +7,11 @@ Why a second instrument: pgbench's tps and CPU time move with whatever else the 
 (on a shared 2-core machine a quiet hour is rare); the instructions one backend executes for
 a call do not. Each path's statements run as prepared statements in a single-user backend
 (``postgres --single``) under ``valgrind --tool=callgrind``, one transaction per statement as
-in pgbench, twice: with W calls and with W + N. The difference over N is the cost of one
-call, without the backend's start, the plans' first compilation or the warm-up. What it
+in pgbench, twice: with W calls and with W + N, each from the same copy of the warmed-up
+cluster (a run's commits would otherwise leave the next run, and the next path, more dead
+row versions to step over: one path cost 15 % more after another had run). The difference
+over N is the cost of one call, without the backend's start, the plans' first compilation
+or the warm-up. What it
 cannot see: the kernel's work (sockets, WAL writes, fsync), waits, contention between
 clients, cache misses. Ratios are printed like bench_pgbench's, "× as cheap": above 1 the
 first path costs fewer instructions.
@@ -94,9 +97,20 @@ def count(data: Path, text: str, work: Path) -> int:
     return int(found.group(1))
 
 
-def per_call(data: Path, path: BenchPath, accounts: int, calls: int, work: Path) -> float:
-    """Instructions of one call: (W + N calls) − (W calls), over N."""
+def restore(pristine: Path, data: Path) -> None:
+    """The stopped cluster in ``data`` as it was when ``pristine`` was copied from it (owner
+    and modes kept: the cluster's user must still own it)."""
+    shutil.rmtree(data, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
+
+
+def per_call(
+    data: Path, pristine: Path, path: BenchPath, accounts: int, calls: int, work: Path
+) -> float:
+    """Instructions of one call: (W + N calls) − (W calls), over N, both from ``pristine``."""
+    restore(pristine, data)
     warm = count(data, session_input(path, accounts, WARM_CALLS, seed=1), work)
+    restore(pristine, data)
     full = count(data, session_input(path, accounts, WARM_CALLS + calls, seed=2), work)
     return (full - warm) / calls
 
@@ -117,7 +131,7 @@ def warm_up(url: str, paths: Sequence[BenchPath], accounts: int, calls: int) -> 
 def measure(paths: Sequence[BenchPath], accounts: int, calls: int, warm: int) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="tokenbill-instructions-"))
     base.chmod(0o755)  # the cluster's user must reach its data directory
-    data = base / "postgres"
+    data, pristine = base / "postgres", base / "pristine"
     try:
         admin_url = services.ensure_postgres(data, free_port())
         url = services.ensure_database(admin_url, DATABASE)
@@ -126,9 +140,10 @@ def measure(paths: Sequence[BenchPath], accounts: int, calls: int, warm: int) ->
         load(url, accounts)
         warm_up(url, paths, accounts, warm)
         services.stop_postgres(data)
+        subprocess.run(["cp", "-a", str(data), str(pristine)], check=True)
         results = {}
         for path in paths:
-            results[path.key] = per_call(data, path, accounts, calls, base)
+            results[path.key] = per_call(data, pristine, path, accounts, calls, base)
             progress(f"{path.label}: {results[path.key]:,.0f} instructions a call")
         return results
     finally:

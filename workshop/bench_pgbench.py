@@ -11,6 +11,9 @@ Paths (the pgbench scripts are in workshop/pgbench/, one file each):
 - ``one_statement``: conditional UPDATE of tokenbill.users + INSERT into tokenbill.ledger;
 - ``seed``: the seed's reference path (read the balance, then its plpgsql
   deduct_token_if_sufficient), copied into the scratch schema ``bench``;
+- ``wrapped``: the one statement inside the least function the rules allow (plpgsql,
+  SECURITY DEFINER, search_path pinned; no idempotency, input rule or threshold): the floor
+  under any charging api function, in the scratch schema (so not on a ``--before`` database);
 - ``consume``: api.consume;
 - ``agent_continue``: one agent request's DB work as webapp/metering.py does it, acting as
   tokenbill_app: api.begin_agent_request then api.settle_agent_request, continuing the
@@ -77,6 +80,8 @@ PATHS = [
     BenchPath("one_statement", "one statement: UPDATE tokenbill.users + INSERT tokenbill.ledger"),
     BenchPath("seed", "the seed's reference path (SELECT, then its plpgsql function)",
               ledger=False),
+    BenchPath("wrapped", "the one statement in a plpgsql SECURITY DEFINER function",
+              ledger=False),
     BenchPath("consume", "api.consume"),
     BenchPath("agent_continue", "agent request, existing conversation: begin + settle",
               APP_ROLE),
@@ -88,6 +93,9 @@ GOALS = [
     # (numerator, denominator, what, hot target, spread target)
     ("consume", "seed", "api.consume / seed path", 1.1, 1.3),
     ("consume", "one_statement", "api.consume / one statement", 0.9, 0.9),
+    # where consume's distance to the statement goes: being a function, then its guarantees
+    ("wrapped", "one_statement", "a function's floor / one statement (no target)", None, None),
+    ("consume", "wrapped", "api.consume / a function's floor (no target)", None, None),
     # like for like: both write into an existing conversation / session
     ("agent_continue", "seed_agent", "agent request / seed's whole agent request", None, 1.5),
     ("agent", "seed_agent", "agent request, new conversation / seed's (no target)", None, None),
@@ -362,8 +370,8 @@ def report(
     for label in labels:
         hot, spread = results[(label, "hot")], results[(label, "spread")]
         rows.append([
-            label, round(hot.mean), ratio(hot.mean, raw["hot"]),
-            round(spread.mean), ratio(spread.mean, raw["spread"]),
+            label, _whole(hot.mean), ratio(hot.mean, raw["hot"]),
+            _whole(spread.mean), ratio(spread.mean, raw["spread"]),
             hot.runs + spread.runs, hot.failed + spread.failed, _whole(hot.cpu), _whole(spread.cpu),
         ])  # fmt: skip
     by_key = {p.key: p.label for p in PATHS}

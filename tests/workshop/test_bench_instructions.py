@@ -12,8 +12,8 @@ from workshop import bench_instructions
 from workshop.bench_common import parse_tables
 from workshop.bench_pgbench import PATHS, SCRIPTS
 
-STATEMENTS = {"raw": 1, "one_statement": 1, "seed": 2, "consume": 1, "agent_continue": 2,
-              "agent": 2, "seed_agent": 4}  # fmt: skip
+STATEMENTS = {"raw": 1, "one_statement": 1, "seed": 2, "wrapped": 1, "consume": 1,
+              "agent_continue": 2, "agent": 2, "seed_agent": 4}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.key)
@@ -25,6 +25,24 @@ def test_every_script_becomes_prepared_statements(path) -> None:
     text = bench_instructions.session_input(path, accounts=10, calls=3, seed=1)
     assert text.count("execute ") == 3 * len(sqls)
     assert text.startswith(f"set role {path.role};") == bool(path.role)
+
+
+def test_every_count_starts_from_the_warmed_up_copy(tmp_path) -> None:
+    """restore() puts the cluster back as copied: what a counted run wrote is gone, and the
+    files keep their owner and mode (the cluster's user must still own them)."""
+    pristine, data = tmp_path / "pristine", tmp_path / "data"
+    (pristine / "base").mkdir(parents=True)
+    (pristine / "base" / "1").write_text("warmed up")
+    (pristine / "base" / "1").chmod(0o600)
+    bench_instructions.restore(pristine, data)
+    (data / "base" / "1").write_text("after a counted run")
+    (data / "base" / "2").write_text("a new relation")
+    bench_instructions.restore(pristine, data)
+    assert sorted(p.name for p in (data / "base").iterdir()) == ["1"]
+    copied = (data / "base" / "1").stat()
+    assert (data / "base" / "1").read_text() == "warmed up"
+    assert copied.st_mode & 0o777 == 0o600
+    assert copied.st_uid == (pristine / "base" / "1").stat().st_uid
 
 
 def test_counts_each_path_and_prints_the_ratios(capsys: pytest.CaptureFixture[str]) -> None:

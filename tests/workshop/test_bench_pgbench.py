@@ -52,3 +52,18 @@ def test_a_failing_path_is_reported_as_failed() -> None:
     settings = bench_pgbench.Settings(accounts=1, seconds=1, rounds=1, clients=1, threads=1)
     run = bench_pgbench.run_pgbench(admin_url, broken, 0, 0, settings)
     assert run.tps == 0.0 and run.failed >= 1 and run.transactions == 0
+
+
+def test_a_path_that_never_ran_is_a_dash_in_the_table_not_a_crash() -> None:
+    """A path whose every run failed has no tps: the table still prints, with its failures."""
+    raw, broken = bench_pgbench.PATHS[0].label, bench_pgbench.PATHS[1].label
+    results = {
+        (raw, "hot"): bench_pgbench.Result(tps=[100.0], cpu_us=[10.0], runs=1),
+        (raw, "spread"): bench_pgbench.Result(tps=[200.0], cpu_us=[5.0], runs=1),
+        (broken, "hot"): bench_pgbench.Result(failed=1, runs=1),
+        (broken, "spread"): bench_pgbench.Result(failed=1, runs=1),
+    }
+    table, _goals = bench_pgbench.report(results, [raw, broken], raw)
+    row = next(line for line in table.splitlines() if line.startswith(f"| {broken}"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == cells[3] == "-" and cells[6] == "2"

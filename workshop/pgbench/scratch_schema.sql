@@ -8,6 +8,11 @@
 -- bench.conversations / bench.messages: the seed app's chat tables (its
 -- sql/3-conversations_messages.sql, as that template ships them), where the seed's agent
 -- endpoint stores the user's message and the reply, one INSERT each.
+-- bench.wrapped_one_statement: the one-statement path (one_statement.sql) inside the least
+-- function the rules allow (plpgsql, SECURITY DEFINER, search_path pinned, RETURN QUERY of
+-- the statement, no idempotency, no input rule, no threshold): the floor under any api
+-- function that charges, so api.consume's distance to the bare statement splits into what
+-- being a function costs and what its guarantees cost.
 create schema bench;
 
 create table bench.raw_accounts (
@@ -96,3 +101,18 @@ create table bench.messages (
 );
 create index idx_messages_session on bench.messages(session_id);
 create index idx_messages_computed_session on bench.messages(computed_session_user_id);
+
+create function bench.wrapped_one_statement(p_user_id uuid, p_request_id text, p_cost integer)
+returns table (ok boolean, balance integer, reason text)
+language plpgsql security definer set search_path = '' as $$
+begin
+    return query
+    with m as (
+        update tokenbill.users u set balance = u.balance - p_cost
+         where u.id = p_user_id and u.balance >= p_cost
+        returning u.id, u.balance)
+    insert into tokenbill.ledger (user_id, kind, delta, balance_after, request_id)
+    select m.id, 'consumption', -p_cost, m.balance, p_request_id from m
+    returning true, balance_after, null::text;
+end
+$$;
