@@ -128,35 +128,6 @@ def test_disabled_or_unset_auto_topup_queues_nothing(owner, app_conn, make_user)
     assert topups(owner, unset) == [] and topups(owner, off) == []
 
 
-@pytest.mark.parametrize(
-    ("alert", "topup", "balance", "cost", "alerted", "queued"),
-    [
-        (10, 50, 60, 5, False, False),  # above both after
-        (10, 50, 60, 15, False, True),  # past the top-up threshold only
-        (10, 50, 50, 1, False, True),  # from exactly the threshold: a crossing
-        (10, 50, 52, 45, True, True),  # past both in one charge
-        (10, 50, 45, 40, True, False),  # below the top-up threshold before it
-        (10, 50, 11, 1, False, False),  # lands on the alert threshold: not below it
-        (30, 20, 35, 10, True, False),  # the alert threshold the higher one
-        (30, 20, 25, 10, False, True),
-        (30, 20, 35, 30, True, True),
-    ],
-)
-def test_a_charge_alerts_and_tops_up_for_exactly_the_thresholds_it_crosses(
-    owner, app_conn, make_user, alert, topup, balance, cost, alerted, queued
-):
-    # api.consume tests the crossing in its statement and calls debit_crossed only then (0034)
-    user = make_user(balance=balance)
-    owner.execute("select api.set_low_balance_threshold(%s, %s)", [user, alert])
-    enable(app_conn, user, threshold=topup)
-    assert spend(owner, user, cost)["balance"] == balance - cost
-    alerts = owner.execute(
-        "select threshold from api.low_balance_alerts where user_id = %s", [user]
-    ).fetchall()
-    assert alerts == ([{"threshold": alert}] if alerted else [])
-    assert len(topups(owner, user)) == (1 if queued else 0)
-
-
 def test_a_reservation_crossing_the_threshold_queues_a_topup(owner, app_conn, make_user):
     price = owner.execute("select max_per_call from api.agent_price('offline')").fetchone()
     user = make_user(balance=50 + price["max_per_call"] - 1)  # the reservation takes it to 49
