@@ -205,6 +205,7 @@ def test_a_revoked_key_is_refused(meter, owner, funded):
         (["hi"], 400),
         ({"message": ""}, 400),
         ({"message": "hi", "conversation_id": "7"}, 400),
+        ({"message": "hi\u0000there"}, 400),  # PostgreSQL text cannot hold NUL: 22021, a 400
         ({"message": "x" * 20001}, 413),
         ({"message": "\U0001f600" * 20001}, 413),  # characters, not UTF-16 units, as in SQL
     ],

@@ -89,3 +89,42 @@ def test_deeply_nested_agent_json_is_400_not_500(app, make_user):
     )
     assert response.status_code == 400
     assert json.loads(response.data)["error"]
+
+
+def test_a_nul_in_the_login_form_is_400_not_500(client):
+    """PostgreSQL text cannot hold NUL: the driver refused the e-mail inside the view (500)."""
+    response = client.post("/auth/login", data={"email": "a\x00@example.test", "password": "x"})
+    assert response.status_code == 400
+    assert b"NUL" in response.data
+
+
+def test_a_nul_in_agent_json_is_400_and_charges_nothing(app, make_user, owner):
+    from tests.support.agents import login, password_hash
+
+    email = f"{id(app)}-nul-agent@example.test"
+    user = make_user(email=email, password_hash=password_hash(), balance=5)
+    client = login(app, email)
+    for body in ({"message": "hi\u0000there"}, {"message": "hi", "conversation_id": "\u0000"}):
+        response = client.post("/api/agent", json=body, headers={"Idempotency-Key": "nul-1"})
+        assert response.status_code == 400, body
+        assert "NUL" in response.get_json()["error"]
+    assert owner.execute("select balance from api.accounts where id = %s", [user]).fetchone() == {
+        "balance": 5
+    }
+
+
+def test_a_nul_in_a_query_is_400(client):
+    assert client.get("/auth/login?next=%00").status_code == 400
+
+
+def test_a_chat_message_may_still_say_backslash_u_0000(app, make_user):
+    """Only the character is refused: the six characters \\u0000 typed in a message are text."""
+    from tests.support.agents import login, password_hash
+
+    email = f"{id(app)}-literal-agent@example.test"
+    make_user(email=email, password_hash=password_hash(), balance=5)
+    client = login(app, email)
+    response = client.post(
+        "/api/agent", json={"message": "what is \\u0000?"}, headers={"Idempotency-Key": "lit-1"}
+    )
+    assert response.status_code == 200, response.data
