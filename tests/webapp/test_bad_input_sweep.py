@@ -25,6 +25,11 @@ JSON_BODIES = [b"{}", b'"x"', b"{not json", b'{"message": 5}',
                b'{"message": "hi", "conversation_id": "zzz"}', b'{"message": "a\\u0000b"}',
                b'{"message": ["x"], "request_id": {"a": 1}}']  # fmt: skip
 _VARIABLE = re.compile(r"<(?:[a-z]+:)?\w+>")  # <user_id>, <int:topup_id>, <path:filename>
+HEADERS = [
+    {"Authorization": "Bearer tb_" + "x" * 500, "Accept": "application/json"},
+    {"Authorization": "Basic !!", "Idempotency-Key": "é" * 250, "X-Forwarded-For": "junk"},
+    {"Idempotency-Key": "", "Content-Type": "application/json; charset=latin-9"},
+]
 URL_VALUES = ["x", "99999999999999999999", "00000000-0000-0000-0000-000000000000", "a%00b"]
 
 
@@ -49,7 +54,7 @@ def _sweep(client: FlaskClient, app: Flask, sign_in: Callable[[], object]) -> li
     sign_in()
     failures = []
     for method, url in _urls(app):
-        requests = [dict(query_string=_query())]
+        requests = [dict(query_string=_query())] + [dict(headers=h) for h in HEADERS]
         if method == "POST":
             requests += [dict(data={f: v for f in FIELDS}) for v in JUNK]
             requests += [dict(data=body, content_type="application/json") for body in JSON_BODIES]
