@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from flask import Flask
@@ -48,12 +48,13 @@ def _query() -> str:
     return "&".join(f"{f}={v}" for f, v in zip(FIELDS, itertools.cycle(["x", "-1", "%00", ""])))
 
 
-def _sweep(client: FlaskClient, app: Flask, sign_in: Callable[[], object]) -> list[str]:
-    """Every request of the sweep; the ones answered with a 5xx. ``sign_in`` runs first and
-    after every logout, so the whole sweep runs as the same identity."""
-    sign_in()
+def _sweep(client: FlaskClient, app: Flask, signed_in: bool) -> list[str]:
+    """Every request of the sweep; the ones answered with a 5xx. Signed in, /auth/ is left
+    out: the visitor's sweep covers it, and a logout would end the identity being swept."""
     failures = []
     for method, url in _urls(app):
+        if signed_in and url.startswith("/auth/"):
+            continue
         requests = [dict(query_string=_query())] + [dict(headers=h) for h in HEADERS]
         if method == "POST":
             requests += [dict(data={f: v for f in FIELDS}) for v in JUNK]
@@ -62,8 +63,6 @@ def _sweep(client: FlaskClient, app: Flask, sign_in: Callable[[], object]) -> li
             response = client.open(url, method=method, **kwargs)
             if response.status_code >= 500:
                 failures.append(f"{method} {url} {kwargs!r:.120} -> {response.status_code}")
-            if url == "/auth/logout":
-                sign_in()
     return failures
 
 
@@ -76,7 +75,8 @@ def test_no_junk_gets_a_5xx(make_app, auth, owner, who) -> None:
         auth.register()
         if who == "admin":
             owner.execute("select api.set_admin(%s)", [auth.email])
-    failures = _sweep(client, app, auth.login if who != "anonymous" else lambda: None)
+        auth.login()
+    failures = _sweep(client, app, signed_in=who != "anonymous")
     assert failures == [], "\n".join(failures[:30])
     # the sweep ran as who it says (a page only that identity may see still answers 200)
     page = {"anonymous": "/auth/login", "user": "/history/", "admin": "/admin/"}[who]
