@@ -11,10 +11,9 @@ in pgbench, twice: with W calls and with W + N, each from the same copy of the w
 cluster (a run's commits would otherwise leave the next run, and the next path, more dead
 row versions to step over: one path cost 15 % more after another had run). The difference
 over N is the cost of one call, without the backend's start, the plans' first compilation
-or the warm-up. What it
-cannot see: the kernel's work (sockets, WAL writes, fsync), waits, contention between
-clients, cache misses. Ratios are printed like bench_pgbench's, "× as cheap": above 1 the
-first path costs fewer instructions.
+or the warm-up. What it cannot see: the kernel's work (sockets, WAL writes, fsync), waits,
+contention between clients, cache misses. Ratios are printed like bench_pgbench's, "× as
+cheap": above 1 the first path costs fewer instructions.
 """
 
 from __future__ import annotations
@@ -97,20 +96,20 @@ def count(data: Path, text: str, work: Path) -> int:
     return int(found.group(1))
 
 
-def restore(pristine: Path, data: Path) -> None:
-    """The stopped cluster in ``data`` as it was when ``pristine`` was copied from it (owner
-    and modes kept: the cluster's user must still own it)."""
-    shutil.rmtree(data, ignore_errors=True)
-    subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
+def copy_cluster(source: Path, target: Path) -> None:
+    """``target`` made a copy of the stopped cluster in ``source``, whatever it held before
+    (owner and modes kept: the cluster's user must still own it)."""
+    shutil.rmtree(target, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
 
 
 def per_call(
     data: Path, pristine: Path, path: BenchPath, accounts: int, calls: int, work: Path
 ) -> float:
     """Instructions of one call: (W + N calls) − (W calls), over N, both from ``pristine``."""
-    restore(pristine, data)
+    copy_cluster(pristine, data)
     warm = count(data, session_input(path, accounts, WARM_CALLS, seed=1), work)
-    restore(pristine, data)
+    copy_cluster(pristine, data)
     full = count(data, session_input(path, accounts, WARM_CALLS + calls, seed=2), work)
     return (full - warm) / calls
 
@@ -140,7 +139,7 @@ def measure(paths: Sequence[BenchPath], accounts: int, calls: int, warm: int) ->
         load(url, accounts)
         warm_up(url, paths, accounts, warm)
         services.stop_postgres(data)
-        subprocess.run(["cp", "-a", str(data), str(pristine)], check=True)
+        copy_cluster(data, pristine)
         results = {}
         for path in paths:
             results[path.key] = per_call(data, pristine, path, accounts, calls, base)

@@ -28,16 +28,16 @@ def test_every_script_becomes_prepared_statements(path) -> None:
 
 
 def test_every_count_starts_from_the_warmed_up_copy(tmp_path) -> None:
-    """restore() puts the cluster back as copied: what a counted run wrote is gone, and the
-    files keep their owner and mode (the cluster's user must still own them)."""
+    """copy_cluster() puts the cluster back as copied: what a counted run wrote is gone, and
+    the files keep their owner and mode (the cluster's user must still own them)."""
     pristine, data = tmp_path / "pristine", tmp_path / "data"
     (pristine / "base").mkdir(parents=True)
     (pristine / "base" / "1").write_text("warmed up")
     (pristine / "base" / "1").chmod(0o600)
-    bench_instructions.restore(pristine, data)
+    bench_instructions.copy_cluster(pristine, data)
     (data / "base" / "1").write_text("after a counted run")
     (data / "base" / "2").write_text("a new relation")
-    bench_instructions.restore(pristine, data)
+    bench_instructions.copy_cluster(pristine, data)
     assert sorted(p.name for p in (data / "base").iterdir()) == ["1"]
     copied = (data / "base" / "1").stat()
     assert (data / "base" / "1").read_text() == "warmed up"
