@@ -18,8 +18,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import connect_owner
-
 # per argument type: a valid-looking value first (the others' value while one is junk)
 JUNK: dict[str, list[Any]] = {
     "text": ["x", None, "", "é" * 5000],
@@ -41,15 +39,14 @@ JUNK: dict[str, list[Any]] = {
 }
 
 
-def swept_functions(database_url: str) -> list[dict[str, Any]]:
-    with connect_owner(database_url) as conn:
-        return conn.execute(
-            """select p.proname as name, p.oid::regprocedure::text as signature,
-                      array(select format_type(t, null) from unnest(p.proargtypes) t) as types
-                 from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                where n.nspname = 'api' and p.prokind = 'f'
-                order by 2"""
-        ).fetchall()
+def swept_functions(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    return conn.execute(
+        """select p.proname as name, p.oid::regprocedure::text as signature,
+                  array(select format_type(t, null) from unnest(p.proargtypes) t) as types
+             from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+            where n.nspname = 'api' and p.prokind = 'f'
+            order by 2"""
+    ).fetchall()
 
 
 def calls(types: list[str]) -> list[list[Any]]:
@@ -61,8 +58,8 @@ def calls(types: list[str]) -> list[list[Any]]:
     return out
 
 
-def test_the_sweep_covers_the_allow_lists_and_the_internals(database_url) -> None:
-    names = {f["name"] for f in swept_functions(database_url)}
+def test_the_sweep_covers_the_allow_lists_and_the_internals(owner) -> None:
+    names = {f["name"] for f in swept_functions(owner)}
     # a sample of each role's and of the owner-only ones, so an empty catalog query cannot
     # pass the sweep below
     sample = {"register_user", "begin_agent_request", "handle_stripe_event",
@@ -71,21 +68,20 @@ def test_the_sweep_covers_the_allow_lists_and_the_internals(database_url) -> Non
     assert sample <= names
 
 
-def test_no_junk_argument_gets_a_postgresql_error(database_url) -> None:
+def test_no_junk_argument_gets_a_postgresql_error(owner) -> None:
     refused: list[str] = []
-    with connect_owner(database_url) as conn:
-        for fn in swept_functions(database_url):
-            missing = [t for t in fn["types"] if t not in JUNK]
-            assert not missing, f"{fn['signature']}: give {missing} junk values in JUNK"
-            placeholders = ", ".join(f"%s::{t}" for t in fn["types"])
-            for args in calls(fn["types"]):
-                try:
-                    with conn.transaction(force_rollback=True):
-                        conn.execute(f"select * from api.{fn['name']}({placeholders})", args)
-                except psycopg.Error as exc:
-                    if not (exc.sqlstate or "").startswith("TB"):
-                        shown = [a if a is None or len(str(a)) < 40 else "<long>" for a in args]
-                        refused.append(f"{fn['signature']} {shown}: {exc.sqlstate} {exc}")
+    for fn in swept_functions(owner):
+        missing = [t for t in fn["types"] if t not in JUNK]
+        assert not missing, f"{fn['signature']}: give {missing} junk values in JUNK"
+        placeholders = ", ".join(f"%s::{t}" for t in fn["types"])
+        for args in calls(fn["types"]):
+            try:
+                with owner.transaction(force_rollback=True):
+                    owner.execute(f"select * from api.{fn['name']}({placeholders})", args)
+            except psycopg.Error as exc:
+                if not (exc.sqlstate or "").startswith("TB"):
+                    shown = [a if a is None or len(str(a)) < 40 else "<long>" for a in args]
+                    refused.append(f"{fn['signature']} {shown}: {exc.sqlstate} {exc}")
     assert refused == [], "\n".join(refused)
 
 

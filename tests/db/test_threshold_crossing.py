@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import audit
+from tests.support.agents import begin_request, settle_request
 
 
 @pytest.mark.parametrize(
@@ -47,12 +48,9 @@ def test_a_debit_alerts_and_tops_up_for_exactly_the_thresholds_it_crosses(
             " max_per_call) values (%s, %s, 0, 0, %s) on conflict do nothing",
             [agent, cost, cost],
         )
-        started = owner.execute(
-            "select * from api.begin_agent_request(%s, 'r1', null, 'hi', %s, 'h', 60)",
-            [user, agent],
-        ).fetchone()
+        started = begin_request(owner, user, "r1", agent=agent)
         assert (started["outcome"], started["balance"]) == ("started", balance - cost)
-        owner.execute("select api.settle_agent_request(%s, 'r1', 'done', 'ok', 2)", [user])
+        settle_request(owner, user, "r1")
     alerts = owner.execute(
         "select threshold from api.low_balance_alerts where user_id = %s", [user]
     ).fetchall()

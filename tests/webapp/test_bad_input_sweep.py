@@ -31,6 +31,7 @@ HEADERS = [
     {"Idempotency-Key": "", "Content-Type": "application/json; charset=latin-9"},
 ]
 URL_VALUES = ["x", "99999999999999999999", "00000000-0000-0000-0000-000000000000", "a%00b"]
+QUERY = "&".join(f"{f}={v}" for f, v in zip(FIELDS, itertools.cycle(["x", "-1", "%00", ""])))
 
 
 def _urls(app: Flask) -> Iterator[tuple[str, str]]:
@@ -44,10 +45,6 @@ def _urls(app: Flask) -> Iterator[tuple[str, str]]:
         yield from itertools.product(methods, targets)
 
 
-def _query() -> str:
-    return "&".join(f"{f}={v}" for f, v in zip(FIELDS, itertools.cycle(["x", "-1", "%00", ""])))
-
-
 def _sweep(client: FlaskClient, app: Flask, signed_in: bool) -> list[str]:
     """Every request of the sweep; the ones answered with a 5xx. Signed in, /auth/ is left
     out: the visitor's sweep covers it, and a logout would end the identity being swept."""
@@ -55,7 +52,7 @@ def _sweep(client: FlaskClient, app: Flask, signed_in: bool) -> list[str]:
     for method, url in _urls(app):
         if signed_in and url.startswith("/auth/"):
             continue
-        requests = [dict(query_string=_query())] + [dict(headers=h) for h in HEADERS]
+        requests = [dict(query_string=QUERY)] + [dict(headers=h) for h in HEADERS]
         if method == "POST":
             requests += [dict(data={f: v for f in FIELDS}) for v in JUNK]
             requests += [dict(data=body, content_type="application/json") for body in JSON_BODIES]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.conftest import WEBHOOK_SECRET
+from tests.conftest import WEBHOOK_SECRET, balance_of
 from tests.support import stripe_events as ev
+from tests.support.agents import login, password_hash
 
 WEBHOOK = "/api/webhook/stripe"
 MIB = 1024 * 1024
@@ -23,6 +24,13 @@ class Unread:
         chunk = min(self.size - self.read_bytes, 65536 if n is None or n < 0 else n)
         self.read_bytes += chunk
         return b"a" * chunk
+
+
+def signed_in(app, make_user, name: str, balance: int = 0):
+    """A logged-in client of a new account (for the agent endpoint) and the account's id."""
+    email = f"{id(app)}-{name}@example.test"
+    user = make_user(email=email, password_hash=password_hash(), balance=balance)
+    return login(app, email), user
 
 
 def post_declared(client, path: str, size: int, **headers: Any):
@@ -76,11 +84,7 @@ def test_deeply_nested_signed_webhook_is_400_not_500(client):
 
 
 def test_deeply_nested_agent_json_is_400_not_500(app, make_user):
-    from tests.support.agents import login, password_hash
-
-    email = "nested-agent@example.test"
-    make_user(email=f"{id(app)}-{email}", password_hash=password_hash())
-    client = login(app, f"{id(app)}-{email}")
+    client, _ = signed_in(app, make_user, "nested-agent")
     body = '{"message": ' + "[" * 50_000 + "]" * 50_000 + "}"
     response = client.post(
         "/api/agent",
@@ -99,18 +103,12 @@ def test_a_nul_in_the_login_form_is_400_not_500(client):
 
 
 def test_a_nul_in_agent_json_is_400_and_charges_nothing(app, make_user, owner):
-    from tests.support.agents import login, password_hash
-
-    email = f"{id(app)}-nul-agent@example.test"
-    user = make_user(email=email, password_hash=password_hash(), balance=5)
-    client = login(app, email)
+    client, user = signed_in(app, make_user, "nul-agent", balance=5)
     for body in ({"message": "hi\u0000there"}, {"message": "hi", "conversation_id": "\u0000"}):
         response = client.post("/api/agent", json=body, headers={"Idempotency-Key": "nul-1"})
         assert response.status_code == 400, body
         assert "NUL" in response.get_json()["error"]
-    assert owner.execute("select balance from api.accounts where id = %s", [user]).fetchone() == {
-        "balance": 5
-    }
+    assert balance_of(owner, user) == 5
 
 
 def test_a_nul_in_a_query_is_400(client):
@@ -119,11 +117,7 @@ def test_a_nul_in_a_query_is_400(client):
 
 def test_a_chat_message_may_still_say_backslash_u_0000(app, make_user):
     """Only the character is refused: the six characters \\u0000 typed in a message are text."""
-    from tests.support.agents import login, password_hash
-
-    email = f"{id(app)}-literal-agent@example.test"
-    make_user(email=email, password_hash=password_hash(), balance=5)
-    client = login(app, email)
+    client, _ = signed_in(app, make_user, "literal-agent", balance=5)
     response = client.post(
         "/api/agent", json={"message": "what is \\u0000?"}, headers={"Idempotency-Key": "lit-1"}
     )
