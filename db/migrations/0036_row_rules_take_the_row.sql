@@ -10,16 +10,16 @@
  * that plpgsql prepares afresh in every transaction.
  *
  *   - exchanges_valid and ledger_entry_valid now pass the whole row (one Var) to a function of
- *     the table's row type; the exchange rules are split by hold status, so a transaction
- *     prepares only the branch its row takes. Same rules, same constraint names, same 23514.
+ *     the table's row type; the exchange rules are one IF chain by hold status, so a
+ *     transaction prepares only the branch its row takes. Same rules, same constraint names, same 23514.
  *   - conversations' title rule (a CHECK read again on every request that continues a
  *     conversation, which only touches updated_at) becomes a row trigger AFTER INSERT OR
  *     UPDATE OF title, as 0020/0028 did for the users' profile rules: same SQLSTATE and
  *     constraint name in the error, and an UPDATE that does not set the title runs nothing.
  *
  * Effect (callgrind, every count from one warmed-up copy at 0035 and at 0036): an agent request
- * continuing a conversation 1,431,000 → 1,301,000 instructions (−9 %), one starting a
- * conversation 1,442,000 → 1,335,000, api.consume 426,000 → 411,000.
+ * continuing a conversation 1,431,000 → 1,296,000 instructions (−9 %), one starting a
+ * conversation 1,442,000 → 1,334,000, api.consume 426,000 → 411,000.
  *
  * The price of passing the row: PostgreSQL builds it with every out-of-line (TOASTed) value
  * fetched, so an UPDATE of an exchange whose prompt was stored out of line (more than ≈ 2 kB
@@ -38,29 +38,20 @@ begin
                     and e.input_chars >= 0 and e.delivered_parts >= 0
                     and e.delivered_chars >= 0, false) then
         return false;
-    end if;
-    if e.hold_status is null then  -- a request from before 0014: no hold, never pending
+    elsif e.hold_status = 'held' then
+        return coalesce(e.settled_at is null and e.charged is null and e.reply_status = 'pending'
+                        and e.reserved > 0 and length(e.request_hash) between 1 and 200, false);
+    elsif e.hold_status in ('settled', 'released') then
+        return coalesce(e.settled_at is not null
+                        and e.charged between 0 and case e.hold_status when 'settled' then e.reserved
+                                                                       else 0 end
+                        and e.reply_status in ('pending', 'done', 'partial', 'failed', 'timeout')
+                        and e.reserved > 0 and length(e.request_hash) between 1 and 200, false);
+    elsif e.hold_status is null then  -- a request from before 0014: no hold, never pending
         return coalesce(e.reserved is null and e.charged is null
                         and e.reply_status in ('done', 'partial', 'failed', 'timeout'), false);
     end if;
-    if not coalesce(length(e.request_hash) between 1 and 200 and e.reserved > 0, false) then
-        return false;
-    end if;
-    case e.hold_status
-        when 'held' then
-            return coalesce(e.settled_at is null and e.charged is null
-                            and e.reply_status = 'pending', false);
-        when 'settled' then
-            return coalesce(e.settled_at is not null and e.charged between 0 and e.reserved
-                            and e.reply_status in ('pending', 'done', 'partial', 'failed',
-                                                   'timeout'), false);
-        when 'released' then
-            return coalesce(e.settled_at is not null and e.charged = 0
-                            and e.reply_status in ('pending', 'done', 'partial', 'failed',
-                                                   'timeout'), false);
-        else
-            return false;
-    end case;
+    return false;
 end
 $$;
 revoke all on function tokenbill.exchange_row_is_valid(tokenbill.exchanges) from public;
