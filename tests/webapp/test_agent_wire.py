@@ -9,6 +9,8 @@ libpq's own trace of the real connection (tests/support/pg_wire.py).
 
 from __future__ import annotations
 
+import json
+
 from tests.support.agents import ask, bearer, create_key
 from tests.support.pg_wire import round_trips
 from webapp.db import get_db
@@ -46,3 +48,28 @@ def test_a_continued_conversation_adds_its_history_lookup(make_app, owner, membe
     assert sent[-1] == SETTLE
     (history,) = sent[len(AUTHENTICATION) + 1 : -1]  # one statement, no BEGIN/COMMIT
     assert "api.conversation_history(" in history
+
+
+def test_no_part_of_an_answer_leaves_before_a_commit_that_covers_its_reservation(
+    make_app, owner, member
+):
+    """The reservation commits without waiting for its WAL flush (0037); what makes it
+    durable is the next synchronous commit. A streamed answer's first part reaches the client
+    only after its delivery record has committed; a JSON answer only after the settle (the
+    wire order of the test above: the response is built after SETTLE returned)."""
+    app = make_app()
+    user, _ = member(balance=5)
+    response = app.test_client().post(
+        "/api/agent",
+        json={"message": "hello", "stream": True},
+        headers=bearer(create_key(owner, user)),
+        buffered=False,
+    )
+    lines = iter(response.response)
+    next(lines)  # the header line: price and ids, nothing of the answer
+    assert "delta" in json.loads(next(lines))
+    held = owner.execute(
+        "select delivered_parts from api.agent_holds where user_id = %s", [user]
+    ).fetchone()
+    assert held["delivered_parts"] >= 1  # committed (another connection sees it) before the part
+    response.close()
