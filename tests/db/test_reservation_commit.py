@@ -59,13 +59,11 @@ def test_a_begin_that_reserves_nothing_commits_synchronously(
         assert begin_request(app_conn, dying, "after")["outcome"] == "insufficient_tokens"
 
     assert _in_one_transaction(app_conn, refused_after_closing) == "on"
-    assert (
-        owner.execute(
-            "select hold_status from tokenbill.exchanges where user_id = %s and request_id = 'dead'",
-            [dying],
-        ).fetchone()["hold_status"]
-        == "settled"
-    )
+    dead = owner.execute(
+        "select hold_status from tokenbill.exchanges where user_id = %s and request_id = 'dead'",
+        [dying],
+    ).fetchone()
+    assert dead["hold_status"] == "settled"
 
 
 def test_what_precedes_an_answer_commits_synchronously(

@@ -154,3 +154,15 @@ def ledger_kinds(conn: psycopg.Connection, user_id: uuid.UUID) -> list[str]:
 def ask(client, message="hello", headers=None, **body):  # type: ignore[no-untyped-def]
     """POST a message to the agent endpoint as ``client``."""
     return client.post("/api/agent", json={"message": message, **body}, headers=headers or {})
+
+
+def stream_call(client, headers, message="tell me a story", key=None, **body):  # type: ignore[no-untyped-def]
+    """Start a streamed call unbuffered; returns the response and its line iterator (the
+    header line first, then the parts as the endpoint hands them over)."""
+    response = client.post(
+        "/api/agent",
+        json={"message": message, "stream": True, **body},
+        headers={**headers, **({"Idempotency-Key": key} if key else {})},
+        buffered=False,
+    )
+    return response, iter(response.response)

@@ -14,6 +14,7 @@ from tests.support.agents import (
     ledger_kinds,
     ndjson,
     open_holds,
+    stream_call,
 )
 from webapp.agents.offline import OfflineAgent
 
@@ -57,13 +58,9 @@ def test_mid_stream_failure_after_parts_is_charged_and_partial(make_app, owner, 
 def test_client_leaving_mid_stream_is_charged(app, owner, member):
     """The adversary: read most of the answer, then reset the connection to keep the token."""
     user, _ = member(balance=1)
-    response = app.test_client().post(
-        "/api/agent",
-        json={"message": "a long question", "stream": True},
-        headers=bearer(create_key(owner, user)),
-        buffered=False,
+    response, chunks = stream_call(
+        app.test_client(), bearer(create_key(owner, user)), "a long question"
     )
-    chunks = iter(response.response)
     assert json.loads(next(chunks))["request_id"]
     first = json.loads(next(chunks))["delta"]
     response.close()  # the browser tab closed
@@ -79,13 +76,8 @@ def test_client_leaving_mid_stream_is_charged(app, owner, member):
 
 def test_client_leaving_before_the_first_part_is_released(app, owner, member):
     user, _ = member(balance=1)
-    response = app.test_client().post(
-        "/api/agent",
-        json={"message": "never mind", "stream": True},
-        headers=bearer(create_key(owner, user)),
-        buffered=False,
-    )
-    assert json.loads(next(iter(response.response)))["request_id"]
+    response, lines = stream_call(app.test_client(), bearer(create_key(owner, user)), "never mind")
+    assert json.loads(next(lines))["request_id"]
     response.close()  # gone after the header line, before any part of the answer
     assert ledger_kinds(owner, user)[-2:] == ["reserve", "release"]
     assert balance_of(owner, user) == 1 and open_holds(owner, user) == 0

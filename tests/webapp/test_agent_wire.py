@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support.agents import ask, bearer, create_key
+from tests.support.agents import ask, bearer, create_key, stream_call
 from tests.support.pg_wire import round_trips
 from webapp.db import get_db
 
@@ -59,13 +59,7 @@ def test_no_part_of_an_answer_leaves_before_a_commit_that_covers_its_reservation
     wire order of the test above: the response is built after SETTLE returned)."""
     app = make_app()
     user, _ = member(balance=5)
-    response = app.test_client().post(
-        "/api/agent",
-        json={"message": "hello", "stream": True},
-        headers=bearer(create_key(owner, user)),
-        buffered=False,
-    )
-    lines = iter(response.response)
+    response, lines = stream_call(app.test_client(), bearer(create_key(owner, user)), "hello")
     next(lines)  # the header line: price and ids, nothing of the answer
     assert "delta" in json.loads(next(lines))
     held = owner.execute(

@@ -19,20 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import audit, balance_of
-from tests.support.agents import bearer, create_key, ledger_kinds, make_overdue, ndjson, open_holds
+from tests.support.agents import (
+    bearer,
+    create_key,
+    ledger_kinds,
+    make_overdue,
+    ndjson,
+    open_holds,
+    stream_call,
+)
 from tests.support.model_stub import ModelStub
 from tests.support.servers import serve
-
-
-def stream_call(client, headers, message="tell me a story", key=None, **body):
-    """Start a streamed call; returns the response (unbuffered) and its line iterator."""
-    response = client.post(
-        "/api/agent",
-        json={"message": message, "stream": True, **body},
-        headers={**headers, **({"Idempotency-Key": key} if key else {})},
-        buffered=False,
-    )
-    return response, iter(response.response)
 
 
 def hold_of(owner, user, request_id=None):
