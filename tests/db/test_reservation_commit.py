@@ -16,15 +16,15 @@ import psycopg
 from tests.support.agents import begin_request, make_overdue, settle_request
 
 
+def _setting(conn: psycopg.Connection) -> str:
+    return conn.execute("select current_setting('synchronous_commit') as s").fetchone()["s"]
+
+
 def _in_one_transaction(conn: psycopg.Connection, call: Callable[[], object]) -> str:
     """synchronous_commit as the transaction running ``call`` would commit with."""
     with conn.transaction():
         call()
-        return conn.execute("select current_setting('synchronous_commit') as s").fetchone()["s"]
-
-
-def _setting(conn: psycopg.Connection) -> str:
-    return conn.execute("select current_setting('synchronous_commit') as s").fetchone()["s"]
+        return _setting(conn)
 
 
 def test_a_reservation_commits_without_waiting_and_only_its_own_transaction(
