@@ -8,13 +8,17 @@ test_lean_agent_request.py."""
 from __future__ import annotations
 
 import secrets
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.support.agents import begin_request, settle_request
+from webapp.ops import migrate
 
 REQUEST, PAYMENT, ACTOR = "r-1", 1, "00000000-0000-4000-8000-000000000001"
 
@@ -122,3 +126,40 @@ def test_a_request_with_a_prompt_stored_out_of_line_settles(
     ).fetchone()
     assert stored["size"] > 2000
     assert settle_request(app_conn, user, "big", "done", "ok", len(prompt))["status"] == "settled"
+
+
+def test_no_rule_is_left_unvalidated(owner: psycopg.Connection) -> None:
+    """0036 added the row rules NOT VALID; 0038 checked every existing row against them."""
+    unvalidated = owner.execute(
+        "select conrelid::regclass::text as t, conname from pg_constraint"
+        " where connamespace = 'tokenbill'::regnamespace and not convalidated"
+    ).fetchall()
+    assert unvalidated == []
+
+
+def test_the_rules_are_validated_while_a_writer_holds_the_ledger(
+    empty_db: str, tmp_path: Path
+) -> None:
+    """0038 scans the ledger and the exchanges without the lock that would stop the writers:
+    it runs to its end while a charge's transaction is still open (a lock it had to wait for
+    would time out)."""
+    upto_0037 = tmp_path / "migrations"
+    upto_0037.mkdir()
+    for file in migrate.discover():
+        if file.version <= "0037":
+            shutil.copy(migrate.MIGRATIONS_DIR / f"{file.version}_{file.name}.sql", upto_0037)
+    migrate.upgrade(empty_db, upto_0037)
+    with psycopg.connect(empty_db) as writer:  # a transaction, left open below
+        writer.execute(
+            "insert into tokenbill.ledger (user_id, kind, delta, balance_after, request_id)"
+            " values (gen_random_uuid(), 'consumption', -1, 0, 'open')"
+        )
+        impatient = make_conninfo(empty_db, options="-c lock_timeout=2000")
+        assert migrate.upgrade(impatient) == ["0038"]
+        writer.commit()
+    with psycopg.connect(empty_db) as conn:
+        validated = conn.execute(
+            "select bool_and(convalidated) from pg_constraint"
+            " where conname in ('exchanges_valid', 'ledger_entry_valid')"
+        ).fetchone()
+    assert validated == (True,)
