@@ -87,3 +87,39 @@ def test_a_pending_file_below_the_newest_applied_is_refused(empty_db, tmp_path: 
             "select to_regclass('public.late'), to_regclass('public.next')"
         ).fetchone() == (None, None)
     assert ("0008_late", "pending") in migrate.status(empty_db, copy)
+
+
+def test_a_migration_waiting_on_a_lock_gives_up_and_applies_nothing(empty_db, tmp_path: Path):
+    """The adversary is an operator deploying while a report holds the ledger open: an ALTER
+    queued for its lock would queue every charge behind it for as long as the report runs."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrate.MIGRATIONS_DIR, copy)
+    migrate.upgrade(empty_db, copy)
+    (copy / "9999_alter_ledger.sql").write_text(
+        "alter table tokenbill.ledger add column note text;\n"
+    )
+    errors: list[str] = []
+
+    def deploy() -> None:
+        try:
+            migrate.upgrade(empty_db, copy, lock_timeout_seconds=0.3)
+        except migrate.MigrationError as exc:
+            errors.append(str(exc))
+
+    with psycopg.connect(empty_db) as report:  # a transaction left open on the ledger
+        report.execute("select count(*) from tokenbill.ledger").fetchone()
+        runner = threading.Thread(target=deploy)
+        runner.start()
+        runner.join(5)
+        kept_waiting = runner.is_alive()
+    runner.join()  # the report has ended: a migration still waiting goes on now
+    assert not kept_waiting, "the migration kept the ledger's writers queued behind it"
+    assert errors and "9999_alter_ledger waited 0.3 s" in errors[0]
+    with psycopg.connect(empty_db) as conn:
+        versions = [r[0] for r in conn.execute("select version from public.tokenbill_migrations")]
+        added = conn.execute(
+            "select 1 from pg_attribute where attrelid = 'tokenbill.ledger'::regclass"
+            " and attname = 'note'"
+        ).fetchone()
+    assert "9999" not in versions and added is None
+    assert migrate.upgrade(empty_db, copy) == ["9999"]  # once the report has ended

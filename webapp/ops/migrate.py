@@ -7,8 +7,14 @@ written against an older schema than the database has: renumber it above the new
 session-level advisory lock makes concurrent runs wait for each other. The migrations table
 itself is readable and writable by its owner only.
 
-Usage: ``flask --app webapp migrate [--database-url URL] [--status]``; the URL defaults to
-``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
+A migration waits at most ``lock_timeout_seconds`` (10 s; ``--lock-timeout``) for a table lock.
+ALTER TABLE queues for its ACCESS EXCLUSIVE lock behind any open transaction on the table, and
+every charge that arrives meanwhile queues behind the ALTER: a report left open would stop
+billing for as long as it runs. Past the limit the migration gives up (so the writers wait at
+most that long), nothing of it applied, and says so; run it again once that transaction ends.
+
+Usage: ``flask --app webapp migrate [--database-url URL] [--status] [--lock-timeout S]``; the
+URL defaults to ``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .connection import operator_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
+LOCK_TIMEOUT_SECONDS = 10.0  # the longest a migration may keep the writers queued behind it
 
 # The record of what ran is the owner's alone. Hosts that hand new tables in schema public to
 # API roles by default privileges (Supabase: anon, authenticated, service_role) would otherwise
@@ -93,7 +100,11 @@ def _refuse_out_of_order(migrations: list[Migration], applied: dict[str, str]) -
         )
 
 
-def upgrade(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def upgrade(
+    database_url: str,
+    directory: Path = MIGRATIONS_DIR,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
+) -> list[str]:
     """Apply pending migrations; return the versions applied (empty when up to date)."""
     applied_now: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -123,13 +134,26 @@ def upgrade(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                             "it was applied; add a new migration instead"
                         )
                     continue
-                with conn.transaction():
-                    conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted file content
-                    conn.execute(
-                        "insert into public.tokenbill_migrations (version, name, checksum)"
-                        " values (%s, %s, %s)",
-                        [migration.version, migration.name, migration.checksum],
-                    )
+                try:
+                    with conn.transaction():
+                        # set here, not for the session: the advisory lock above may wait longer
+                        conn.execute(
+                            "select set_config('lock_timeout', %s, true)",
+                            [f"{round(lock_timeout_seconds * 1000)}ms"],
+                        )
+                        conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted file
+                        conn.execute(
+                            "insert into public.tokenbill_migrations (version, name, checksum)"
+                            " values (%s, %s, %s)",
+                            [migration.version, migration.name, migration.checksum],
+                        )
+                except psycopg.errors.LockNotAvailable as exc:
+                    raise MigrationError(
+                        f"migration {migration.version}_{migration.name} waited "
+                        f"{lock_timeout_seconds:g} s for a lock another transaction holds "
+                        "(it would have queued the writers behind it); nothing of it was "
+                        "applied: run migrate again when that transaction has ended"
+                    ) from exc
                 log.info("applied %s_%s", migration.version, migration.name)
                 applied_now.append(migration.version)
         finally:
@@ -159,8 +183,15 @@ def status(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[tuple[st
 @click.command("migrate")
 @click.option("--database-url", help="Defaults to MIGRATION_DATABASE_URL, then DATABASE_URL.")
 @click.option("--status", "show_status", is_flag=True, help="Show what is applied and stop.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.1),
+    default=LOCK_TIMEOUT_SECONDS,
+    show_default=True,
+    help="Seconds a migration may wait for a table lock before it gives up.",
+)
 @with_appcontext
-def command(database_url: str | None, show_status: bool) -> None:
+def command(database_url: str | None, show_status: bool, lock_timeout: float) -> None:
     """Apply the pending migrations under db/migrations, strictly in order."""
     url = database_url or operator_url()
     if not url:
@@ -173,7 +204,7 @@ def command(database_url: str | None, show_status: bool) -> None:
             click.echo(f"{state:8} {name}")
         return
     try:
-        applied = upgrade(url)
+        applied = upgrade(url, lock_timeout_seconds=lock_timeout)
     except MigrationError as exc:
         raise click.ClickException(f"migration error: {exc}") from None
     click.echo(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
