@@ -8,7 +8,6 @@ test_lean_agent_request.py."""
 from __future__ import annotations
 
 import secrets
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.support.agents import begin_request, settle_request
+from tests.support.upgrade import migrate_before
 from webapp.ops import migrate
 
 REQUEST, PAYMENT, ACTOR = "r-1", 1, "00000000-0000-4000-8000-000000000001"
@@ -62,11 +62,8 @@ LEDGER_BREAKS = {
 @pytest.fixture
 def rolled_back(owner: psycopg.Connection) -> Iterator[psycopg.Connection]:
     """The owner's connection inside a transaction that is rolled back afterwards."""
-    owner.execute("begin")
-    try:
+    with owner.transaction(force_rollback=True):
         yield owner
-    finally:
-        owner.execute("rollback")
 
 
 def _write_entry(conn: psycopg.Connection, row: tuple) -> None:
@@ -143,12 +140,7 @@ def test_the_rules_are_validated_while_a_writer_holds_the_ledger(
     """0038 scans the ledger and the exchanges without the lock that would stop the writers:
     it runs to its end while a charge's transaction is still open (a lock it had to wait for
     would time out)."""
-    upto_0037 = tmp_path / "migrations"
-    upto_0037.mkdir()
-    for file in migrate.discover():
-        if file.version <= "0037":
-            shutil.copy(migrate.MIGRATIONS_DIR / f"{file.version}_{file.name}.sql", upto_0037)
-    migrate.upgrade(empty_db, upto_0037)
+    migrate_before(empty_db, tmp_path, "0038")
     with psycopg.connect(empty_db) as writer:  # a transaction, left open below
         writer.execute(
             "insert into tokenbill.ledger (user_id, kind, delta, balance_after, request_id)"
