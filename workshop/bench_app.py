@@ -6,6 +6,12 @@ agent on the message and answers the same JSON shape, but never calls
 api.begin_agent_request / api.settle_agent_request (nothing reserved, nothing stored). The
 difference in latency between the two routes is the cost of billing.
 
+``POST /bench/agent-round-trips`` is the unbilled route plus two ``select 1`` through the same
+pool, one where billing reserves and one where it settles: the round trips billing cannot do
+without, with no work in them. Billed minus this route is what the reservation and the settle
+do in PostgreSQL; this route minus the unbilled one is what two round trips cost on this
+machine (on a virtual machine whose idle CPUs halt, mostly waking the backend).
+
 ``POST /bench/webhook-verify-only`` is the webhook's control: it runs the webhook's own
 ``webapp.webhooks.verify_delivery`` (same secret, body, SDK call and error replies as
 ``POST /api/webhook/stripe``, behind the same app and middleware) and answers, but never
@@ -13,7 +19,7 @@ touches the database, so a grant's rate can be compared with what the server doe
 delivery before PostgreSQL. What the grant does beyond it: the database call, one log line
 and one metric increment.
 
-They exist only here: ``webapp.create_app()`` never registers them (a test checks), and only
+These routes exist only here: ``webapp.create_app()`` never registers them (a test checks), and only
 ``workshop.bench_http`` serves ``workshop.bench_app:create_bench_app()``.
 """
 
@@ -30,28 +36,31 @@ from webapp import create_app
 from webapp.agent import _agent_limit, _rate_key
 from webapp.agents import get_agent
 from webapp.api_auth import api_login_required, api_user
+from webapp.db import get_db
 from webapp.extensions import csrf, limiter
 from webapp.metering import collect
 from webapp.webhooks import Delivery, verify_delivery
 
 bp = Blueprint("bench", __name__, url_prefix="/bench")
 UNBILLED_PATH = "/bench/agent-unbilled"
+ROUND_TRIPS_PATH = "/bench/agent-round-trips"
 VERIFY_ONLY_PATH = "/bench/webhook-verify-only"
 
 
-@bp.post("/agent-unbilled")
-@csrf.exempt
-@api_login_required
-@limiter.limit(_agent_limit, key_func=_rate_key)
-def agent_unbilled():
-    """Run the agent for an authenticated caller and answer like /api/agent, without billing."""
+def _answer_unbilled(round_trips: bool) -> Any:
+    """Run the agent for an authenticated caller and answer like /api/agent, without billing;
+    ``round_trips``: with an empty database round trip where billing reserves and settles."""
     data = request.get_json(silent=True)
     if not isinstance(data, dict) or not isinstance(data.get("message"), str):
         abort(400, "Send a JSON object with a message.")
     user = api_user()
     agent = get_agent(current_app._get_current_object())  # type: ignore[attr-defined]
     timeout = float(current_app.config["AGENT_TIMEOUT_SECONDS"])
+    if round_trips:
+        get_db().call("select 1")  # where api.begin_agent_request would run
     reply = asyncio.run(asyncio.wait_for(collect(agent, [], data["message"]), timeout))
+    if round_trips:
+        get_db().call("select 1")  # where api.settle_agent_request would run
     response = jsonify(
         request_id=request.headers.get("Idempotency-Key") or uuid.uuid4().hex,
         conversation_id=None,
@@ -61,6 +70,24 @@ def agent_unbilled():
     )
     response.headers["X-Token-Balance"] = str(user.balance)
     return response
+
+
+@bp.post("/agent-unbilled")
+@csrf.exempt
+@api_login_required
+@limiter.limit(_agent_limit, key_func=_rate_key)
+def agent_unbilled():
+    """The agent answered like /api/agent, without billing."""
+    return _answer_unbilled(round_trips=False)
+
+
+@bp.post("/agent-round-trips")
+@csrf.exempt
+@api_login_required
+@limiter.limit(_agent_limit, key_func=_rate_key)
+def agent_round_trips():
+    """The unbilled answer plus billing's two round trips, empty."""
+    return _answer_unbilled(round_trips=True)
 
 
 @bp.post("/webhook-verify-only")

@@ -9,8 +9,15 @@
    worker's pool connections opened, plpgsql caches filled).
 2. Agent-endpoint latency with the offline agent: the real ``POST /api/agent`` with an API key
    (billing on: begin/charge, history lookup, finish) against the bench-only control route
-   ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing), alternating A/B
-   rounds from one client; the difference is what billing costs per request.
+   ``/bench/agent-unbilled`` (same auth, limiter, agent and JSON; no billing) and the control
+   ``/bench/agent-round-trips`` (the unbilled route plus two empty ``select 1`` where billing
+   reserves and settles), in rounds whose order alternates, from one client. Billed minus
+   unbilled is what billing costs per request; the round-trip control splits it into the two
+   round trips billing cannot do without and the work the database does inside them.
+3. The same database calls straight from the pool (no HTTP), back to back and after 2 ms
+   idle (about what the model's answer leaves between begin and settle): on a virtual
+   machine whose idle CPUs halt, a call that finds the backend asleep pays its wake-up and
+   runs on cold caches, which a back-to-back loop (and pgbench) never sees.
 
 gunicorn serves ``workshop.bench_app:create_bench_app()`` on a free port, against a fresh
 database created and migrated by workshop.bench_common (dropped afterwards). Numbers only: it
@@ -40,8 +47,9 @@ import psycopg
 import requests
 
 from webapp.api_auth import new_api_key
+from webapp.db import APP_ROLE, Database
 from workshop import procs, stripe_fixtures
-from workshop.bench_app import UNBILLED_PATH, VERIFY_ONLY_PATH
+from workshop.bench_app import ROUND_TRIPS_PATH, UNBILLED_PATH, VERIFY_ONLY_PATH
 from workshop.bench_common import (
     Sample,
     bench_database,
@@ -50,6 +58,7 @@ from workshop.bench_common import (
     create_funded_users,
     format_table,
     ledger_audit,
+    percentile,
     progress,
     resolve_admin_url,
 )
@@ -70,6 +79,9 @@ WEBHOOK_HEADERS = [
 ]
 AGENT_HEADERS = ["route", "requests", "errors", "p50 ms", "p99 ms", "mean ms"]
 OVERHEAD_HEADERS = ["billing overhead", "p50", "p99", "mean"]
+IDLE_HEADERS = ["call (from the pool, one client)", "back to back p50 ms", "after idle p50 ms",
+                "after idle / back to back"]  # fmt: skip
+IDLE_GAP_SECONDS = 0.002
 
 
 @dataclass
@@ -227,37 +239,95 @@ def _agent_round(session: requests.Session, url: str, path: str, secret: str, n:
     return Sample(seconds=time.perf_counter() - started, latencies_ms=latencies, failures=failures)
 
 
+BILLED = "billed: POST /api/agent"
+UNBILLED = f"control: POST {UNBILLED_PATH}"
+ROUND_TRIPS = f"control: POST {ROUND_TRIPS_PATH} (two empty round trips)"
+AGENT_ROUTES = {BILLED: "/api/agent", UNBILLED: UNBILLED_PATH, ROUND_TRIPS: ROUND_TRIPS_PATH}
+OVERHEAD_ROWS = [
+    # (row, minuend, subtrahend): differences of the routes' p50, p99 and mean
+    ("difference (ms)", BILLED, UNBILLED),
+    ("of which two empty round trips (ms)", ROUND_TRIPS, UNBILLED),
+    ("of which the database's work in them (ms)", BILLED, ROUND_TRIPS),
+]
+
+
 def bench_agent(
     url: str, owner: psycopg.Connection[Any], settings: Settings
 ) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Alternate billed and unbilled rounds (ABBA...) so drift hits both alike."""
+    """Every route each round, the order reversed every other round, so drift hits all alike."""
     secret = _agent_client(owner, settings.rounds * settings.per_round + 20)
-    routes = {
-        "billed: POST /api/agent": "/api/agent",
-        f"control: POST {UNBILLED_PATH}": UNBILLED_PATH,
-    }
-    merged = {name: Sample(seconds=0.0) for name in routes}
+    merged = {name: Sample(seconds=0.0) for name in AGENT_ROUTES}
     with requests.Session() as session:
-        for path in routes.values():  # warm up: connection, agent, plans
+        for path in AGENT_ROUTES.values():  # warm up: connection, agent, plans
             _agent_round(session, url, path, secret, 5)
         for r in range(settings.rounds):
-            order = list(routes.items()) if r % 2 == 0 else list(routes.items())[::-1]
-            for name, path in order:
+            order = list(AGENT_ROUTES.items())
+            for name, path in order if r % 2 == 0 else order[::-1]:
                 progress(f"agent round {r + 1}/{settings.rounds}: {path}")
                 sample = _agent_round(session, url, path, secret, settings.per_round)
                 merged[name].seconds += sample.seconds
                 merged[name].latencies_ms += sample.latencies_ms
                 merged[name].failures += sample.failures
-    rows = [
-        [name, s.ops, s.failures, s.p(50), s.p(99), sum(s.latencies_ms) / max(1, s.ops)]
-        for name, s in merged.items()
-    ]
-    billed, control = rows
+    figures = {
+        name: [s.p(50), s.p(99), sum(s.latencies_ms) / max(1, s.ops)] for name, s in merged.items()
+    }
+    rows = [[name, s.ops, s.failures, *figures[name]] for name, s in merged.items()]
     overhead = [
-        ["difference (ms)", *(billed[i] - control[i] for i in (3, 4, 5))],
-        ["ratio (billed / control)", *(billed[i] / control[i] for i in (3, 4, 5))],
+        [label, *(a - b for a, b in zip(figures[minuend], figures[subtrahend], strict=True))]
+        for label, minuend, subtrahend in OVERHEAD_ROWS
     ]
+    overhead.append(
+        [
+            "ratio (billed / control)",
+            *(a / b for a, b in zip(figures[BILLED], figures[UNBILLED], strict=True)),
+        ]
+    )
     return rows, overhead
+
+
+def bench_idle(db_url: str, owner: psycopg.Connection[Any], settings: Settings) -> list[list[Any]]:
+    """begin, settle and ``select 1`` from a pool like the app's, back to back and after
+    IDLE_GAP_SECONDS of sleep before each, in rounds whose order alternates."""
+    admin_id = create_admin(owner)
+    (user_id,) = create_funded_users(owner, admin_id, 1, 10**9, "idle")  # never runs dry
+    calls = {
+        "select 1": lambda request_id: ("select 1", []),
+        "api.begin_agent_request": lambda request_id: (
+            "select * from api.begin_agent_request(%s, %s, %s, %s, %s, %s, %s)",
+            [user_id, request_id, None, "How many tokens does this request cost?", "*",
+             "bench-request-hash", 300],
+        ),
+        "api.settle_agent_request": lambda request_id: (
+            "select * from api.settle_agent_request(%s, %s, %s, %s, %s, %s, %s)",
+            [user_id, request_id, "done", "One token.", 40, "", 1],
+        ),
+    }  # fmt: skip
+    timings: dict[tuple[str, float], list[float]] = {}
+    db = Database(db_url, APP_ROLE, 1)
+    db.open()
+    try:
+        db.pool.wait()
+        gaps = [0.0, IDLE_GAP_SECONDS]
+        for r in range(-1, settings.rounds):  # round -1 warms up, uncounted
+            progress(f"idle round {r + 1}/{settings.rounds}")
+            for gap in gaps if r % 2 == 0 else gaps[::-1]:
+                for _ in range(settings.per_round):
+                    request_id = uuid.uuid4().hex
+                    for name, make in calls.items():
+                        time.sleep(gap)
+                        t0 = time.perf_counter()
+                        db.call(*make(request_id))
+                        if r >= 0:
+                            timings.setdefault((name, gap), []).append(
+                                (time.perf_counter() - t0) * 1000.0
+                            )
+    finally:
+        db.close()
+    rows = []
+    for name in calls:
+        hot, idle = (percentile(timings[(name, gap)], 50) for gap in gaps)
+        rows.append([name, hot, idle, idle / hot])
+    return rows
 
 
 # ============================================================================================
@@ -287,6 +357,7 @@ def run(admin_url: str, settings: Settings) -> str:
             ):
                 webhook_rows = bench_webhooks(server.url, owner, settings)
                 agent_rows, overhead = bench_agent(server.url, owner, settings)
+                idle_rows = bench_idle(db, owner, settings)
                 grants = owner.execute(
                     "select count(*) from tokenbill.payments where status = 'granted'"
                 ).fetchone()
@@ -309,6 +380,10 @@ def run(admin_url: str, settings: Settings) -> str:
             format_table(AGENT_HEADERS, agent_rows),
             "",
             format_table(OVERHEAD_HEADERS, overhead),
+            "",
+            f"### Database calls back to back and after {IDLE_GAP_SECONDS * 1000:g} ms idle",
+            "",
+            format_table(IDLE_HEADERS, idle_rows),
             "",
             f"checked: {grants[0] if grants else 0} of {expected} payments granted;"
             f" ledger audit {'empty' if not audit else f'{len(audit)} problem(s)'}",

@@ -19,7 +19,12 @@ from webapp import create_app
 from webapp.api_auth import new_api_key
 from webapp.db import close_app
 from workshop import bench_http
-from workshop.bench_app import UNBILLED_PATH, VERIFY_ONLY_PATH, create_bench_app
+from workshop.bench_app import (
+    ROUND_TRIPS_PATH,
+    UNBILLED_PATH,
+    VERIFY_ONLY_PATH,
+    create_bench_app,
+)
 from workshop.bench_common import parse_tables
 
 
@@ -33,14 +38,19 @@ def test_control_route_exists_only_in_the_bench_app(app_config: dict[str, Any]) 
     try:
         assert UNBILLED_PATH not in _rules(production)
         assert "/api/agent" in _rules(production)
-        assert _rules(bench) - _rules(production) == {UNBILLED_PATH, VERIFY_ONLY_PATH}
+        assert _rules(bench) - _rules(production) == {
+            UNBILLED_PATH,
+            ROUND_TRIPS_PATH,
+            VERIFY_ONLY_PATH,
+        }
     finally:
         close_app(production)
         close_app(bench)
 
 
-def test_control_route_authenticates_and_answers_without_charging(
-    app_config: dict[str, Any], make_user: Any, owner: psycopg.Connection[Any]
+@pytest.mark.parametrize("path", [UNBILLED_PATH, ROUND_TRIPS_PATH])
+def test_control_routes_authenticate_and_answer_without_charging(
+    app_config: dict[str, Any], make_user: Any, owner: psycopg.Connection[Any], path: str
 ) -> None:
     app = create_bench_app(app_config)
     try:
@@ -49,9 +59,9 @@ def test_control_route_authenticates_and_answers_without_charging(
         owner.execute("select api.create_api_key(%s, 'b', %s, %s)", [user_id, prefix, key_hash])
         client = app.test_client()
 
-        anonymous = client.post(UNBILLED_PATH, json={"message": "hi"})
+        anonymous = client.post(path, json={"message": "hi"})
         answered = client.post(
-            UNBILLED_PATH,
+            path,
             json={"message": "hi there"},
             headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "k1"},
         )
@@ -86,7 +96,7 @@ def test_tiny_run_prints_every_row(admin_url: str, capsys: pytest.CaptureFixture
     assert bench_http.main([*argv, "--rounds", "2", "--per-round", "3"]) == 0
 
     out = capsys.readouterr().out
-    webhooks, agent, overhead = parse_tables(out)
+    webhooks, agent, overhead, idle = parse_tables(out)
     assert webhooks[0] == bench_http.WEBHOOK_HEADERS
     assert [(r[1], r[2], r[3]) for r in webhooks[1:]] == [
         ("1", "6", "0"), ("1", "6", "0"), ("1", "", ""),
@@ -101,8 +111,24 @@ def test_tiny_run_prints_every_row(admin_url: str, capsys: pytest.CaptureFixture
     assert [(r[0], r[1], r[2]) for r in agent[1:]] == [
         ("billed: POST /api/agent", "6", "0"),
         (f"control: POST {UNBILLED_PATH}", "6", "0"),
+        (f"control: POST {ROUND_TRIPS_PATH} (two empty round trips)", "6", "0"),
     ]
-    assert [r[0] for r in overhead[1:]] == ["difference (ms)", "ratio (billed / control)"]
+    assert [r[0] for r in overhead[1:]] == [
+        "difference (ms)",
+        "of which two empty round trips (ms)",
+        "of which the database's work in them (ms)",
+        "ratio (billed / control)",
+    ]
+    figures = {r[0]: [float(x) for x in r[1:]] for r in overhead[1:]}
+    whole, trips, work = (figures[r[0]] for r in overhead[1:4])
+    assert all(abs(w - (t + k)) < 0.02 for w, t, k in zip(whole, trips, work, strict=True))
+    assert idle[0] == bench_http.IDLE_HEADERS
+    assert [r[0] for r in idle[1:]] == [
+        "select 1",
+        "api.begin_agent_request",
+        "api.settle_agent_request",
+    ]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in idle[1:])
     warm_ups = bench_http.WARM_UP_PER_CLIENT * sum(map(bench_http.warm_up_sessions, (1, 2)))
     assert (
         f"checked: {12 + warm_ups} of {12 + warm_ups} payments granted; ledger audit empty" in out
