@@ -155,14 +155,10 @@ def test_the_user_and_conversation_of_every_request_exist_and_stay(
         "delete from tokenbill.conversations where id = %s",
         "truncate tokenbill.conversations cascade",
     ):
-        owner.execute("begin")
-        try:
-            with pytest.raises(psycopg.Error) as caught:
-                target = user if "users" in statement else conversation
-                owner.execute(statement, [target] if "%s" in statement else [])
-            assert caught.value.sqlstate == "TB001"
-        finally:
-            owner.execute("rollback")
+        with owner.transaction(force_rollback=True), pytest.raises(psycopg.Error) as caught:
+            target = user if "users" in statement else conversation
+            owner.execute(statement, [target] if "%s" in statement else [])
+        assert caught.value.sqlstate == "TB001"
     strays = owner.execute(
         "select (select count(*) from tokenbill.exchanges m"
         "         left join tokenbill.conversations c on c.id = m.conversation_id"
@@ -245,11 +241,8 @@ def test_every_exchange_rule_is_checked(owner: psycopg.Connection, one_hold, cha
 def test_every_valid_exchange_state_passes(
     owner: psycopg.Connection, one_hold, change: str
 ) -> None:
-    owner.execute("begin")
-    try:
+    with owner.transaction(force_rollback=True):
         owner.execute(f"update tokenbill.exchanges set {change} where user_id = %s", [one_hold])
-    finally:
-        owner.execute("rollback")
 
 
 def test_the_audit_catches_a_second_close_of_a_full_price_settle(
@@ -261,8 +254,7 @@ def test_the_audit_catches_a_second_close_of_a_full_price_settle(
     begin(app_conn, user, "r1")
     settle(app_conn, user, "r1")
     assert audit(owner) == []
-    owner.execute("begin")  # forged rows never stay in the shared database
-    try:
+    with owner.transaction(force_rollback=True):  # forged rows never stay in the database
         owner.execute(
             "select tokenbill.post_entry(%s, 'settle', 0, p_request_id => 'r1', p_reason => 'x')",
             [user],
@@ -274,5 +266,3 @@ def test_the_audit_catches_a_second_close_of_a_full_price_settle(
         )
         problems = [p for p in audit(owner) if p["request_id"] == "r1"]
         assert problems and "2 settle/release rows" in problems[0]["problem"]
-    finally:
-        owner.execute("rollback")

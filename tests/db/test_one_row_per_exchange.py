@@ -170,15 +170,12 @@ def test_an_unknown_user_or_no_price_is_refused_and_nothing_is_written(
         begin(owner, stranger, "r1")
     assert caught.value.sqlstate == "TB002"
     user = make_user(balance=5)
-    owner.execute("begin")
-    try:
+    with owner.transaction(force_rollback=True):
         owner.execute("delete from tokenbill.prices")  # no agent price and no '*' price
         with pytest.raises(psycopg.Error) as caught:
             begin(owner, user, "r1")
-        assert caught.value.sqlstate == "TB002"
-        assert "no price" in str(caught.value)
-    finally:
-        owner.execute("rollback")
+    assert caught.value.sqlstate == "TB002"
+    assert "no price" in str(caught.value)
     written = owner.execute(
         "select (select count(*) from tokenbill.exchanges where user_id in (%s, %s)) as n,"
         " (select count(*) from tokenbill.ledger where user_id = %s and kind = 'reserve') as r",
