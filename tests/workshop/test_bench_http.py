@@ -160,3 +160,33 @@ def test_verify_only_control_checks_the_signature_and_touches_no_database(
         assert seen["n"] == 0  # the control never reaches PostgreSQL
     finally:
         close_app(app)
+
+
+def test_the_round_trip_control_sends_as_many_round_trips_as_billing(
+    app_config: dict[str, Any], make_user: Any, owner: psycopg.Connection[Any]
+) -> None:
+    """The controls are faithful on the wire: the unbilled route sends only the authentication,
+    the round-trip control adds two statements where a billed request sends begin and settle."""
+    from tests.support.pg_wire import round_trips
+    from webapp.db import get_db
+
+    app = create_bench_app({**app_config, "DATABASE_POOL_MAX": 1})
+    try:
+        user_id = make_user(balance=5)
+        secret, prefix, key_hash = new_api_key()
+        owner.execute("select api.create_api_key(%s, 'b', %s, %s)", [user_id, prefix, key_hash])
+        client = app.test_client()
+        sent: dict[str, list[str]] = {}
+        for path in ("/api/agent", UNBILLED_PATH, ROUND_TRIPS_PATH):
+            headers = {"Authorization": f"Bearer {secret}"}
+            client.post(path, json={"message": "warm"}, headers=headers)  # sweeps old holds
+            with app.app_context(), round_trips(get_db()) as trips:
+                answered = client.post(path, json={"message": "hello"}, headers=headers)
+            assert answered.status_code == 200
+            sent[path] = trips
+        authentication = sent[UNBILLED_PATH]
+        assert len(authentication) == 1 and "api.user_for_api_key" in authentication[0]
+        assert sent[ROUND_TRIPS_PATH] == [*authentication, "select 1", "select 1"]
+        assert len(sent["/api/agent"]) == len(sent[ROUND_TRIPS_PATH])
+    finally:
+        close_app(app)
