@@ -47,7 +47,12 @@ ROUND_TRIPS_PATH = "/bench/agent-round-trips"
 VERIFY_ONLY_PATH = "/bench/webhook-verify-only"
 
 
-def _answer_unbilled(round_trips: bool) -> Any:
+@bp.post("/agent-unbilled", defaults={"round_trips": False})
+@bp.post("/agent-round-trips", defaults={"round_trips": True})
+@csrf.exempt
+@api_login_required
+@limiter.limit(_agent_limit, key_func=_rate_key)
+def agent_unbilled(round_trips: bool) -> Any:
     """Run the agent for an authenticated caller and answer like /api/agent, without billing;
     ``round_trips``: with an empty database round trip where billing reserves and settles."""
     data = request.get_json(silent=True)
@@ -70,24 +75,6 @@ def _answer_unbilled(round_trips: bool) -> Any:
     )
     response.headers["X-Token-Balance"] = str(user.balance)
     return response
-
-
-@bp.post("/agent-unbilled")
-@csrf.exempt
-@api_login_required
-@limiter.limit(_agent_limit, key_func=_rate_key)
-def agent_unbilled():
-    """The agent answered like /api/agent, without billing."""
-    return _answer_unbilled(round_trips=False)
-
-
-@bp.post("/agent-round-trips")
-@csrf.exempt
-@api_login_required
-@limiter.limit(_agent_limit, key_func=_rate_key)
-def agent_round_trips():
-    """The unbilled answer plus billing's two round trips, empty."""
-    return _answer_unbilled(round_trips=True)
 
 
 @bp.post("/webhook-verify-only")
