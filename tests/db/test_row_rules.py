@@ -17,7 +17,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.support.agents import begin_request, settle_request
-from tests.support.upgrade import migrate_before
+from tests.support.upgrade import migrate_before, migrations_below
 from webapp.ops import migrate
 
 REQUEST, PAYMENT, ACTOR = "r-1", 1, "00000000-0000-4000-8000-000000000001"
@@ -147,7 +147,8 @@ def test_the_rules_are_validated_while_a_writer_holds_the_ledger(
             " values (gen_random_uuid(), 'consumption', -1, 0, 'open')"
         )
         impatient = make_conninfo(empty_db, options="-c lock_timeout=2000")
-        assert migrate.upgrade(impatient) == ["0038"]
+        # 0038 alone: what later migrations do under a writer is their own tests' business
+        assert migrate.upgrade(impatient, migrations_below(tmp_path, "0039")) == ["0038"]
         writer.commit()
     with psycopg.connect(empty_db) as conn:
         validated = conn.execute(

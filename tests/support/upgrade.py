@@ -11,14 +11,19 @@ import psycopg
 from webapp.ops import migrate
 
 
-def migrate_before(database_url: str, tmp_path: Path, first_left_out: str) -> None:
-    """Migrate a new database with every migration numbered below ``first_left_out``."""
-    before = tmp_path / "before"
-    before.mkdir()
+def migrations_below(tmp_path: Path, first_left_out: str) -> Path:
+    """A folder holding every migration numbered below ``first_left_out``."""
+    folder = tmp_path / f"below-{first_left_out}"
+    folder.mkdir()
     for path in migrate.MIGRATIONS_DIR.glob("*.sql"):
         if path.name < first_left_out:
-            shutil.copy(path, before)
-    migrate.upgrade(database_url, before)
+            shutil.copy(path, folder)
+    return folder
+
+
+def migrate_before(database_url: str, tmp_path: Path, first_left_out: str) -> None:
+    """Migrate a new database with every migration numbered below ``first_left_out``."""
+    migrate.upgrade(database_url, migrations_below(tmp_path, first_left_out))
 
 
 def funded_user(conn: psycopg.Connection, tokens: int) -> uuid.UUID:
