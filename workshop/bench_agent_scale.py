@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -39,7 +38,7 @@ from workshop.bench_common import (
     resolve_admin_url,
 )
 from workshop.bench_ledger_setup import settle_stats, table_stats
-from workshop.bench_pgbench import HOT_ID, PATHS, SCRIPTS, load, pgbench_binary, pgbench_env
+from workshop.bench_pgbench import HOT_ID, PATHS, Run, Settings, load, run_pgbench
 
 PATH = next(p for p in PATHS if p.key == "agent_continue")
 TABLES = ("exchanges", "ledger", "conversations", "users")
@@ -147,34 +146,25 @@ def stats(url: str) -> dict[str, tuple[int, int]]:
         return {t: table_stats(conn, t) for t in TABLES}
 
 
-def pgbench(url: str, clients: int, seconds: int, accounts: int) -> tuple[float, float, int]:
-    """(tps, ms per request, requests) of the agent request over the spread accounts."""
-    command = [
-        pgbench_binary(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
-        "-T", str(seconds), "-D", "first=1", "-D", f"last={accounts}",
-        "-f", str(SCRIPTS / f"{PATH.key}.sql"), url,
-    ]  # fmt: skip
-    done = subprocess.run(command, env=pgbench_env(PATH), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"pgbench failed: {done.stderr[-1000:]}")
-    values = {}
-    for line in done.stdout.splitlines():
-        key, _, value = line.partition(" = ")
-        values[key.strip()] = value.split()[0] if value else ""
-    processed = int(done.stdout.split("actually processed: ")[1].split()[0])
-    return float(values["tps"]), float(values["latency average"]), processed
+def pgbench(url: str, clients: int, seconds: int, accounts: int) -> Run:
+    """bench_pgbench's run of the agent request over the spread accounts; a failure stops."""
+    settings = Settings(accounts, seconds, rounds=1, clients=clients, threads=min(clients, 2))
+    run = run_pgbench(url, PATH, 1, accounts, settings)
+    if run.failed or not run.transactions:
+        raise SystemExit(f"pgbench failed: {run.failed} failed transaction(s)")
+    return run
 
 
 def measure(url: str, accounts: int, seconds: int) -> list[Any]:
     """One client, then 16; rows read per request and sequential scans over both runs."""
     before = stats(url)
-    _, single_ms, single_n = pgbench(url, 1, seconds, accounts)
-    tps, _, many_n = pgbench(url, 16, seconds, accounts)
+    single = pgbench(url, 1, seconds, accounts)
+    many = pgbench(url, 16, seconds, accounts)
     after = stats(url)
-    requests = single_n + many_n
+    requests = single.transactions + many.transactions
     read = [(after[t][1] - before[t][1]) / requests for t in TABLES]
     scans = sum(after[t][0] - before[t][0] for t in TABLES)
-    return [single_ms, tps, *read, scans]
+    return [1000.0 / single.tps, many.tps, *read, scans]  # one client: ms a request
 
 
 def run(admin_url: str, sizes: Sequence[int], accounts: int, seconds: int) -> str:
