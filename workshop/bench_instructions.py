@@ -14,6 +14,12 @@ over N is the cost of one call, without the backend's start, the plans' first co
 or the warm-up. What it cannot see: the kernel's work (sockets, WAL writes, fsync), waits,
 contention between clients, cache misses. Ratios are printed like bench_pgbench's, "× as
 cheap": above 1 the first path costs fewer instructions.
+
+``--variant FILE.sql`` (repeatable) judges a change before it is written as a migration: the
+file runs as the owner on its own copy of the same warmed cluster, and every path is counted
+there too, beside the copy as migrated. Both start from one state, so the difference is the
+change's alone (counted on separately loaded clusters, the same code moved by up to 7,000
+instructions an agent request: the rows' random ids lay the indexes out differently).
 """
 
 from __future__ import annotations
@@ -127,7 +133,28 @@ def warm_up(url: str, paths: Sequence[BenchPath], accounts: int, calls: int) -> 
         conn.execute("vacuum (analyze)")
 
 
-def measure(paths: Sequence[BenchPath], accounts: int, calls: int, warm: int) -> dict[str, float]:
+AS_MIGRATED = "as migrated"
+
+
+def apply_variant(data: Path, sql: Path) -> None:
+    """Run ``sql`` as the owner on the stopped cluster in ``data``, and stop it again."""
+    admin_url = services.ensure_postgres(data, free_port())
+    try:
+        with connect_owner(services.ensure_database(admin_url, DATABASE)) as conn:
+            conn.execute(sql.read_text())
+    finally:
+        services.stop_postgres(data)
+
+
+def measure(
+    paths: Sequence[BenchPath],
+    accounts: int,
+    calls: int,
+    warm: int,
+    variants: Sequence[Path] = (),
+) -> dict[str, dict[str, float]]:
+    """Instructions a call of each path, per state: the warmed copy as migrated, then the same
+    copy with each variant file applied (keyed by the file's name)."""
     base = Path(tempfile.mkdtemp(prefix="tokenbill-instructions-"))
     base.chmod(0o755)  # the cluster's user must reach its data directory
     data, pristine = base / "postgres", base / "pristine"
@@ -140,10 +167,17 @@ def measure(paths: Sequence[BenchPath], accounts: int, calls: int, warm: int) ->
         warm_up(url, paths, accounts, warm)
         services.stop_postgres(data)
         copy_cluster(data, pristine)
-        results = {}
-        for path in paths:
-            results[path.key] = per_call(data, pristine, path, accounts, calls, base)
-            progress(f"{path.label}: {results[path.key]:,.0f} instructions a call")
+        states = {AS_MIGRATED: pristine}
+        for number, sql in enumerate(variants):
+            states[sql.name] = base / f"variant-{number}"
+            copy_cluster(pristine, states[sql.name])
+            apply_variant(states[sql.name], sql)
+        results: dict[str, dict[str, float]] = {}
+        for state, copy in states.items():
+            results[state] = {}
+            for path in paths:
+                results[state][path.key] = per_call(data, copy, path, accounts, calls, base)
+                progress(f"{state}: {path.label}: {results[state][path.key]:,.0f} a call")
         return results
     finally:
         services.stop_postgres(data)
@@ -167,6 +201,24 @@ def report(results: dict[str, float]) -> str:
     return f"{table}\n\n{goals}"
 
 
+def report_variants(results: dict[str, dict[str, float]]) -> str:
+    """Each path as migrated and under each variant, with the change in per cent."""
+    labels = {p.key: p.label for p in PATHS}
+    before = results[AS_MIGRATED]
+    variants = [state for state in results if state != AS_MIGRATED]
+    headers = ["path", AS_MIGRATED]
+    for state in variants:
+        headers += [state, "change"]
+    rows = []
+    for key, value in before.items():
+        row = [labels[key], f"{value:,.0f}"]
+        for state in variants:
+            after = results[state][key]
+            row += [f"{after:,.0f}", f"{(after - value) / value * 100:+.1f} %"]
+        rows.append(row)
+    return format_table(headers, rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workshop.bench_instructions")
     parser.add_argument("--calls", type=int, default=500, help="counted calls per path")
@@ -175,17 +227,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warm", type=int, default=300, help="pgbench calls per path before ANALYZE"
     )
+    parser.add_argument(
+        "--variant",
+        type=Path,
+        action="append",
+        default=[],
+        help="an SQL file run as the owner on its own copy of the warmed cluster (repeatable)",
+    )
     args = parser.parse_args(argv)
+    for sql in args.variant:
+        if not sql.is_file():
+            parser.error(f"no such file: {sql}")
+    if len({sql.name for sql in args.variant}) < len(args.variant):
+        parser.error("each --variant needs a file name of its own (it heads its column)")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found: apt-get install valgrind")
     wanted = set(args.paths.split(",")) if args.paths else {p.key for p in PATHS}
     paths = [p for p in PATHS if p.key in wanted or p.key == "raw"]
-    results = measure(paths, args.accounts, args.calls, args.warm)
+    results = measure(paths, args.accounts, args.calls, args.warm, args.variant)
     print(
         f"callgrind, one single-user backend, {args.calls} calls a path after {WARM_CALLS}, "
         f"{args.accounts:,} accounts\n"
     )
-    print(report(results))
+    print(report(results[AS_MIGRATED]))
+    if args.variant:
+        print(f"\n{report_variants(results)}")
     return 0
 
 

@@ -1,10 +1,13 @@
 """Smoke run of workshop.bench_instructions with a handful of calls: every statement of the
 pgbench scripts becomes a prepared statement, each path's calls are counted by callgrind in a
 single-user backend of a throwaway cluster, and the table has its rows and ratios. Never
-asserts on how many instructions a path takes, only that they were counted.
+asserts on how many instructions a path takes, only that they were counted, and that a
+variant is counted from the same warmed copy (what it does not touch counts the same).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -45,13 +48,41 @@ def test_every_count_starts_from_the_warmed_up_copy(tmp_path) -> None:
     assert copied.st_uid == (pristine / "base" / "1").stat().st_uid
 
 
-def test_counts_each_path_and_prints_the_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--calls", "3", "--accounts", "20", "--warm", "20", "--paths", "consume"]
+def test_counts_each_path_and_prints_the_ratios(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    variant = tmp_path / "checked_raw.sql"  # a CHECK costs every statement that writes the table
+    variant.write_text(
+        "alter table bench.raw_accounts add constraint raw_checked"
+        " check (length(id::text) = 36 and tokens >= 0 and tokens < 2000000000)"
+    )
+    argv = ["--calls", "3", "--accounts", "20", "--warm", "20", "--paths", "consume",
+            "--variant", str(variant)]  # fmt: skip
     assert bench_instructions.main(argv) == 0
-    table, goals = parse_tables(capsys.readouterr().out)
+    table, goals, variants = parse_tables(capsys.readouterr().out)
     labels = {p.key: p.label for p in PATHS}
     assert [row[0] for row in table[1:]] == [labels["raw"], labels["consume"]]
     for row in table[1:]:
         assert int(row[1].replace(",", "")) > 10_000, row  # a transaction, not an empty run
     assert table[1][2] == "1.00"
     assert [g[0] for g in goals[1:]] == []  # the paths of the goals were not all run
+
+    assert variants[0] == ["path", "as migrated", "checked_raw.sql", "change"]
+    counts = {row[0]: [int(row[i].replace(",", "")) for i in (1, 2)] for row in variants[1:]}
+    raw_before, raw_after = counts[labels["raw"]]
+    consume_before, consume_after = counts[labels["consume"]]
+    assert [row[1] for row in table[1:]] == [row[1] for row in variants[1:]]
+    assert raw_after > raw_before + 5_000  # the variant ran on the copy that was counted
+    assert abs(consume_after - consume_before) < consume_before * 0.01  # one warmed state
+
+
+def test_a_variant_needs_a_file_and_a_name_of_its_own(tmp_path: Path) -> None:
+    one, two = tmp_path / "a" / "change.sql", tmp_path / "b" / "change.sql"
+    for sql in (one, two):
+        sql.parent.mkdir()
+        sql.write_text("select 1")
+    for argv in (["--variant", str(tmp_path / "missing.sql")],
+                 ["--variant", str(one), "--variant", str(two)]):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            bench_instructions.main(argv)
+        assert exc.value.code == 2
