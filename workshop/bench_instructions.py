@@ -202,21 +202,19 @@ def report(results: dict[str, float]) -> str:
 
 
 def report_variants(results: dict[str, dict[str, float]]) -> str:
-    """Each path as migrated and under each variant, with the change in per cent."""
-    labels = {p.key: p.label for p in PATHS}
+    """A row per state (as migrated, then each variant), a column per path (by its key): the
+    instructions a call, and under a variant the change from as migrated in per cent."""
     before = results[AS_MIGRATED]
-    variants = [state for state in results if state != AS_MIGRATED]
-    headers = ["path", AS_MIGRATED]
-    for state in variants:
-        headers += [state, "change"]
     rows = []
-    for key, value in before.items():
-        row = [labels[key], f"{value:,.0f}"]
-        for state in variants:
-            after = results[state][key]
-            row += [f"{after:,.0f}", f"{(after - value) / value * 100:+.1f} %"]
+    for state, counts in results.items():
+        row = [state]
+        for key, value in counts.items():
+            change = (value - before[key]) / before[key] * 100
+            row.append(
+                f"{value:,.0f}" if state == AS_MIGRATED else f"{value:,.0f} ({change:+.1f} %)"
+            )
         rows.append(row)
-    return format_table(headers, rows)
+    return format_table(["state", *before], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,13 +67,14 @@ def test_counts_each_path_and_prints_the_ratios(
     assert table[1][2] == "1.00"
     assert [g[0] for g in goals[1:]] == []  # the paths of the goals were not all run
 
-    assert variants[0] == ["path", "as migrated", "checked_raw.sql", "change"]
-    counts = {row[0]: [int(row[i].replace(",", "")) for i in (1, 2)] for row in variants[1:]}
-    raw_before, raw_after = counts[labels["raw"]]
-    consume_before, consume_after = counts[labels["consume"]]
-    assert [row[1] for row in table[1:]] == [row[1] for row in variants[1:]]
-    assert raw_after > raw_before + 5_000  # the variant ran on the copy that was counted
-    assert abs(consume_after - consume_before) < consume_before * 0.01  # one warmed state
+    assert variants[0] == ["state", "raw", "consume"]
+    assert [row[0] for row in variants[1:]] == ["as migrated", "checked_raw.sql"]
+    before, after = ([int(cell.split()[0].replace(",", "")) for cell in row[1:]]
+                     for row in variants[1:])  # fmt: skip
+    assert before == [int(row[1].replace(",", "")) for row in table[1:]]  # the same counts
+    assert after[0] > before[0] + 5_000  # the variant ran on the copy that was counted
+    assert abs(after[1] - before[1]) < before[1] * 0.01  # consume: one warmed state for both
+    assert variants[2][1].endswith(" %)")
 
 
 def test_a_variant_needs_a_file_and_a_name_of_its_own(tmp_path: Path) -> None:
