@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sql.is_file():
             parser.error(f"no such file: {sql}")
     if len({sql.name for sql in args.variant}) < len(args.variant):
-        parser.error("each --variant needs a file name of its own (it heads its column)")
+        parser.error("each --variant needs a file name of its own (it names its row)")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found: apt-get install valgrind")
     wanted = set(args.paths.split(",")) if args.paths else {p.key for p in PATHS}
