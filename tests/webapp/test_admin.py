@@ -43,7 +43,9 @@ def event(event_type: str, obj: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("path", [*ADMIN_PAGES, "/admin/users/" + str(uuid.uuid4())])
+@pytest.mark.parametrize(
+    "path", [*ADMIN_PAGES, "/admin/users/00000000-0000-4000-8000-000000000000"]
+)
 def test_anonymous_is_sent_to_login(client, path):
     response = client.get(path)
     assert response.status_code == 302 and "/auth/login" in response.headers["Location"]

@@ -34,7 +34,10 @@ def test_tiny_run_grows_the_history_and_reads_no_more_for_it(
     read = {name: table[0].index(f"{name} rows read/request") for name in ("exchanges", "ledger")}
     for row in rows:
         assert row[read["ledger"]] == 0  # begin and settle never read the ledger
-        assert 0 < row[read["exchanges"]] < 3  # the settle's own row, never the history
+        # the settle's own row and a few re-reads under 16 clients on 20 accounts (2.5 to 3.0
+        # seen, more while the rest of the suite runs beside it), never the history: 20 to
+        # 200 exchanges an account here
+        assert 0 < row[read["exchanges"]] < 5
     assert out.rstrip().endswith("ledger audit empty")
     with psycopg.connect(admin_url) as conn:
         left = conn.execute(
