@@ -74,18 +74,63 @@ def test_a_per_size_price_below_its_maximum_returns_the_rest(
     assert audit(owner) == []
 
 
-def test_settle_leaves_the_conversation_row_alone(
+def chat_list(conn: psycopg.Connection, user: uuid.UUID) -> list[uuid.UUID]:
+    """The user's conversations in the chat page's order (webapp/agent.py's query)."""
+    rows = conn.execute(
+        "select id from api.conversations where user_id = %s order by updated_at desc", [user]
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def test_the_chat_list_is_in_the_order_of_last_use(
     owner: psycopg.Connection, app_conn: psycopg.Connection, make_user: Callable[..., uuid.UUID]
 ) -> None:
-    """The conversation is touched once per request, when it begins."""
-    user = make_user(balance=2)
-    conversation = begin(app_conn, user, "r1")["conversation_id"]
-    version = "select xmin::text as v, updated_at from tokenbill.conversations where id = %s"
-    before = owner.execute(version, [conversation]).fetchone()
+    """Whichever conversation a request continues is at the top of the list afterwards, and
+    the others keep their order, including when the request continues the top one (which
+    0041 leaves unwritten)."""
+    user = make_user(balance=20)
+    a = begin(app_conn, user, "a1")["conversation_id"]
+    b = begin(app_conn, user, "b1")["conversation_id"]
+    c = begin(app_conn, user, "c1")["conversation_id"]
+    assert chat_list(owner, user) == [c, b, a]
+    steps = [
+        ("a2", a, [a, c, b]),
+        ("a3", a, [a, c, b]),
+        ("b2", b, [b, a, c]),
+        ("b3", b, [b, a, c]),
+        ("c2", c, [c, b, a]),
+        ("a4", a, [a, c, b]),
+    ]
+    for request, conversation, expected in steps:
+        begin(app_conn, user, request, conversation_id=conversation)
+        settle(app_conn, user, request)
+        assert chat_list(owner, user) == expected, request
+
+
+def test_only_a_request_that_moves_its_conversation_up_writes_it(
+    owner: psycopg.Connection, app_conn: psycopg.Connection, make_user: Callable[..., uuid.UUID]
+) -> None:
+    """The settle never writes the conversation, nor does a request continuing the one on top
+    of the list (0041: its row and index entries are what the touch cost); a request in an
+    older one moves it up."""
+    user = make_user(balance=5)
+    older = begin(app_conn, user, "r1")["conversation_id"]
+    top = begin(app_conn, user, "r2")["conversation_id"]
+
+    def version(conversation: uuid.UUID) -> dict:
+        return owner.execute(
+            "select xmin::text as v, updated_at from tokenbill.conversations where id = %s",
+            [conversation],
+        ).fetchone()
+
+    before = version(older), version(top)
     settle(app_conn, user, "r1")
-    assert owner.execute(version, [conversation]).fetchone() == before
-    begin(app_conn, user, "r2", conversation_id=conversation)
-    assert owner.execute(version, [conversation]).fetchone()["updated_at"] > before["updated_at"]
+    settle(app_conn, user, "r2")
+    begin(app_conn, user, "r3", conversation_id=top)
+    assert (version(older), version(top)) == before
+    begin(app_conn, user, "r4", conversation_id=older)
+    assert version(older)["updated_at"] > before[1]["updated_at"]
+    assert version(top) == before[1]
 
 
 @pytest.mark.parametrize("racer", ["sweep", "next_request"])
