@@ -25,9 +25,11 @@ instructions an agent request: the rows' random ids lay the indexes out differen
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,18 +89,27 @@ def count(data: Path, text: str, work: Path) -> int:
     work.chmod(0o777)  # the backend runs as the cluster's user and writes callgrind.out
     callgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     with stdin.open() as source:
-        done = subprocess.run(
+        # its own process group (runuser, valgrind, the backend), killed whole if we are
+        # stopped mid-count: a run is minutes long, and an orphan would go on counting
+        backend = subprocess.Popen(
             services.single_user_command(data, DATABASE, callgrind),
             stdin=source,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
+            start_new_session=True,
         )
-    found = _COLLECTED.search(done.stderr)
-    if done.returncode != 0 or not found or "ERROR:" in done.stdout:
-        errors = [line for line in done.stdout.splitlines() if "ERROR" in line][:3]
-        why = errors or done.stderr[-500:]
-        raise SystemExit(f"callgrind run failed (exit {done.returncode}): {why}")
+        try:
+            stdout, stderr = backend.communicate()
+        except BaseException:
+            os.killpg(backend.pid, signal.SIGKILL)
+            backend.wait()
+            raise
+    found = _COLLECTED.search(stderr)
+    if backend.returncode != 0 or not found or "ERROR:" in stdout:
+        errors = [line for line in stdout.splitlines() if "ERROR" in line][:3]
+        why = errors or stderr[-500:]
+        raise SystemExit(f"callgrind run failed (exit {backend.returncode}): {why}")
     return int(found.group(1))
 
 
@@ -253,5 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _stop(signum: int, _frame: object) -> None:
+    """SIGTERM as an exception, so a killed run cleans up as Ctrl-C does: the counting
+    backend's process group, the throwaway cluster, its directory."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
     sys.exit(main())

@@ -44,6 +44,16 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid (children, theirs, ...), read from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return sorted(found)
+
+
 def tail(path: Path, lines: int = 30) -> str:
     """The end of a log file, for error messages."""
     try:

@@ -7,13 +7,22 @@ variant is counted from the same warmed copy (what it does not touch counts the 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from workshop import bench_instructions
+from workshop import bench_instructions, procs
 from workshop.bench_common import parse_tables
 from workshop.bench_pgbench import PATHS, SCRIPTS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 STATEMENTS = {"raw": 1, "one_statement": 1, "seed": 2, "wrapped": 1, "consume": 1,
               "agent_continue": 2, "agent": 2, "seed_agent": 4}  # fmt: skip
@@ -87,3 +96,61 @@ def test_a_variant_needs_a_file_and_a_name_of_its_own(tmp_path: Path) -> None:
         with pytest.raises(SystemExit) as exc:
             bench_instructions.main(argv)
         assert exc.value.code == 2
+
+
+def _valgrind_below(pid: int) -> dict[int, str]:
+    """The valgrind processes under pid (one per count; not the runuser above it), with
+    their command lines."""
+    found = {}
+    for child in procs.descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if Path(argv[0]).name in ("valgrind", "valgrind.bin"):
+            found[child] = " ".join(argv)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_run_leaves_nothing_counting() -> None:
+    """SIGTERM mid-count (a developer's kill, a CI timeout) stops the counting backend too,
+    and the throwaway cluster's directory goes with it. Before, valgrind and its backend
+    went on for minutes, re-parented to init, and their load skewed whatever ran next."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "workshop.bench_instructions", "--calls", "100000",
+         "--accounts", "5", "--warm", "5", "--paths", "raw"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    seen: set[int] = set()
+    counting: dict[int, str] = {}
+    try:
+        # the first count (the warm-up calls alone) is short; the second, of 100,050 calls,
+        # runs for minutes: the signal lands in it
+        deadline = time.monotonic() + 180
+        while len(seen) < 2 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            counting = _valgrind_below(run.pid)
+            seen |= set(counting)
+        assert len(seen) >= 2 and counting, "the second callgrind run did not start"
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) != 0
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in counting) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in counting)
+        out_file = re.search(r"--callgrind-out-file=(\S+)", next(iter(counting.values())))
+        assert out_file and not Path(out_file.group(1)).parent.exists()
+    finally:
+        for pid in [run.pid, *counting]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait()
