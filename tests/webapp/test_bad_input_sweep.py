@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 JUNK = ["-1", "99999999999999999999", "1e400", "", "a\x00b", "é" * 300]
 FIELDS = ["email", "password", "new_password", "current_password", "package", "message",
@@ -45,6 +46,13 @@ def _urls(app: Flask) -> Iterator[tuple[str, str]]:
         yield from itertools.product(methods, targets)
 
 
+def _probe_ran_out_of_time(url: str, response: TestResponse) -> bool:
+    """/healthz's 503 when its 0.75 s budget ran out: the database was slow to answer on a
+    loaded machine (the suite runs in two workers), whatever the request carried."""
+    timeout = {"status": "unavailable", "database": "timeout"}
+    return url == "/healthz" and response.status_code == 503 and response.get_json() == timeout
+
+
 def _sweep(client: FlaskClient, app: Flask, signed_in: bool) -> list[str]:
     """Every request of the sweep; the ones answered with a 5xx. Signed in, /auth/ is left
     out: the visitor's sweep covers it, and a logout would end the identity being swept."""
@@ -58,7 +66,7 @@ def _sweep(client: FlaskClient, app: Flask, signed_in: bool) -> list[str]:
             requests += [dict(data=body, content_type="application/json") for body in JSON_BODIES]
         for kwargs in requests:
             response = client.open(url, method=method, **kwargs)
-            if response.status_code >= 500:
+            if response.status_code >= 500 and not _probe_ran_out_of_time(url, response):
                 failures.append(f"{method} {url} {kwargs!r:.120} -> {response.status_code}")
     return failures
 
