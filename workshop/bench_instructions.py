@@ -25,6 +25,7 @@ instructions an agent request: the rows' random ids lay the indexes out differen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -102,7 +103,8 @@ def count(data: Path, text: str, work: Path) -> int:
         try:
             stdout, stderr = backend.communicate()
         except BaseException:
-            os.killpg(backend.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.killpg(backend.pid, signal.SIGKILL)
             backend.wait()
             raise
     found = _COLLECTED.search(stderr)
