@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from webapp.ops import migrate
+from workshop import services
+from workshop.net import free_port
 
 
 def test_apply_on_empty_database_then_no_op(empty_db):
@@ -123,3 +129,54 @@ def test_a_migration_waiting_on_a_lock_gives_up_and_applies_nothing(empty_db, tm
         ).fetchone()
     assert "9999" not in versions and added is None
     assert migrate.upgrade(empty_db, copy) == ["9999"]  # once the report has ended
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[str]:
+    """A cluster of its own, none of tokenbill's roles in it yet (the suite's has them all)."""
+    base = Path(tempfile.mkdtemp(prefix="tokenbill-pgtest-"))
+    base.chmod(0o755)  # the cluster's user must reach its data directory
+    try:
+        yield services.ensure_postgres(base / "pg", free_port())
+    finally:
+        with contextlib.suppress(Exception):
+            services.stop_postgres(base / "pg")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_databases_of_a_fresh_cluster_migrate_at_once(fresh_cluster: str):
+    """Roles belong to the cluster, not to a database: two databases migrating at the same time
+    (the suite's two workers on its first run, staging and production on one server) both
+    create and grant tokenbill_app, tokenbill_sweeper, ... The advisory lock of each database
+    did not serialise them: one failed with 'role "tokenbill_sweeper" does not exist' (a CI
+    run) or a duplicate key in pg_authid (this test, four databases, one run in three). A
+    migration now waits for the cluster's lock first, shown here by holding it: nothing is
+    applied until it is released, then all four databases migrate."""
+    urls = []
+    with psycopg.connect(fresh_cluster, autocommit=True) as conn:
+        for name in ("tokenbill_a", "tokenbill_b", "tokenbill_c", "tokenbill_d"):
+            conn.execute(f"create database {name}")
+            urls.append(make_conninfo(fresh_cluster, dbname=name))
+    start = threading.Barrier(len(urls))
+    failures: list[BaseException] = []
+
+    def run(url: str) -> None:
+        start.wait()
+        try:
+            migrate.upgrade(url)
+        except BaseException as exc:  # reported below, with the other threads'
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(url,)) for url in urls]
+    with psycopg.connect(fresh_cluster, autocommit=True) as holder:
+        holder.execute("select pg_advisory_lock(%s)", [migrate.CLUSTER_LOCK_KEY])
+        for thread in threads:
+            thread.start()
+        threads[0].join(timeout=1.5)
+        assert all(thread.is_alive() for thread in threads)  # all waiting for the cluster
+        assert all(state == "pending" for url in urls for _, state in migrate.status(url))
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    for url in urls:
+        assert {state for _, state in migrate.status(url)} == {"applied"}

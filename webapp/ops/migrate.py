@@ -4,7 +4,9 @@ Each applied file is recorded with its SHA-256 in ``public.tokenbill_migrations`
 applies only new files; an applied file whose contents changed is an error (write a new
 migration instead), and so is a pending file numbered below the highest applied one (it was
 written against an older schema than the database has: renumber it above the newest). A
-session-level advisory lock makes concurrent runs wait for each other. The migrations table
+session-level advisory lock makes concurrent runs wait for each other, and a second one, in the
+cluster's maintenance database, makes migrations of other databases of the same cluster wait
+too (roles belong to the cluster: see _cluster_lock). The migrations table
 itself is readable and writable by its owner only.
 
 A migration waits at most ``lock_timeout_seconds`` (10 s; ``--lock-timeout``) for a table lock.
@@ -19,19 +21,23 @@ URL defaults to ``MIGRATION_DATABASE_URL``, then ``DATABASE_URL``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import psycopg
 from flask.cli import with_appcontext
+from psycopg.conninfo import make_conninfo
 
 from .connection import operator_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 LOCK_KEY = 7_236_511_042  # any constant shared by every migrator of this database
+CLUSTER_LOCK_KEY = 7_236_511_043  # the same, in the maintenance database, for the cluster's roles
 LOCK_TIMEOUT_SECONDS = 10.0  # the longest a migration may keep the writers queued behind it
 
 # The record of what ran is the owner's alone. Hosts that hand new tables in schema public to
@@ -100,6 +106,29 @@ def _refuse_out_of_order(migrations: list[Migration], applied: dict[str, str]) -
         )
 
 
+@contextlib.contextmanager
+def _cluster_lock(database_url: str) -> Iterator[None]:
+    """Migrations of other databases of the same cluster wait for this one, and it for them.
+
+    Roles are the cluster's, not a database's: two databases migrating at once (the test
+    suite's workers on a new cluster, staging and production on one server) both create and
+    grant tokenbill_app, tokenbill_sweeper, ..., and one failed on the other's uncommitted role
+    (a duplicate key in pg_authid, or 'role does not exist'). An advisory lock is per database,
+    so this one is taken in the cluster's maintenance database, ``postgres``; a role that may
+    not connect there (a hosted database) migrates with the per-database lock alone.
+    """
+    try:
+        conn = psycopg.connect(
+            make_conninfo(database_url, dbname="postgres"), autocommit=True, connect_timeout=5
+        )
+    except psycopg.Error:
+        yield
+        return
+    with conn:
+        conn.execute("select pg_advisory_lock(%s)", [CLUSTER_LOCK_KEY])
+        yield
+
+
 def upgrade(
     database_url: str,
     directory: Path = MIGRATIONS_DIR,
@@ -107,7 +136,7 @@ def upgrade(
 ) -> list[str]:
     """Apply pending migrations; return the versions applied (empty when up to date)."""
     applied_now: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with _cluster_lock(database_url), psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("select pg_advisory_lock(%s)", [LOCK_KEY])
         try:
             conn.execute(
