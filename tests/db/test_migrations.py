@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +12,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from webapp.ops import migrate
-from workshop import services
-from workshop.net import free_port
+from workshop import procs
 
 
 def test_apply_on_empty_database_then_no_op(empty_db):
@@ -134,14 +131,8 @@ def test_a_migration_waiting_on_a_lock_gives_up_and_applies_nothing(empty_db, tm
 @pytest.fixture
 def fresh_cluster() -> Iterator[str]:
     """A cluster of its own, none of tokenbill's roles in it yet (the suite's has them all)."""
-    base = Path(tempfile.mkdtemp(prefix="tokenbill-pgtest-"))
-    base.chmod(0o755)  # the cluster's user must reach its data directory
-    try:
-        yield services.ensure_postgres(base / "pg", free_port())
-    finally:
-        with contextlib.suppress(Exception):
-            services.stop_postgres(base / "pg")
-        shutil.rmtree(base, ignore_errors=True)
+    with procs.private_postgres() as cluster:
+        yield cluster.admin_url
 
 
 def test_two_databases_of_a_fresh_cluster_migrate_at_once(fresh_cluster: str):

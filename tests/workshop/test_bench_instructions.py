@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from workshop import bench_instructions, procs
+from workshop import bench_instructions, procs, services
 from workshop.bench_common import parse_tables
 from workshop.bench_pgbench import PATHS, SCRIPTS
 
@@ -103,21 +103,10 @@ def _valgrind_below(pid: int) -> dict[int, str]:
     their command lines."""
     found = {}
     for child in procs.descendants(pid):
-        try:
-            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if Path(argv[0]).name in ("valgrind", "valgrind.bin"):
-            found[child] = " ".join(argv)
+        cmdline = services._pid_cmdline(child)  # "" once it is gone
+        if Path(cmdline.split(" ", 1)[0]).name in ("valgrind", "valgrind.bin"):
+            found[child] = cmdline
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.mark.timeout(240)
@@ -144,9 +133,9 @@ def test_a_killed_run_leaves_nothing_counting() -> None:
         run.send_signal(signal.SIGTERM)
         assert run.wait(timeout=60) != 0
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in counting) and time.monotonic() < deadline:
+        while any(services._pid_alive(pid) for pid in counting) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in counting)
+        assert not any(services._pid_alive(pid) for pid in counting)
         out_file = re.search(r"--callgrind-out-file=(\S+)", next(iter(counting.values())))
         assert out_file and not Path(out_file.group(1)).parent.exists()
     finally:

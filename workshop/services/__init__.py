@@ -4,7 +4,7 @@ stripe-mock (``stripe_mock``), a throwaway redis-server (``redis_server``); ``cl
 """
 
 from workshop.services.cli import main, stop_all
-from workshop.services.common import DATA_ROOT, REPO_ROOT, _port_open
+from workshop.services.common import DATA_ROOT, REPO_ROOT, _pid_alive, _pid_cmdline, _port_open
 from workshop.services.postgres import (
     PG_PORT_BASE,
     PG_PORT_SPAN,
@@ -39,6 +39,8 @@ __all__ = [
     "PG_PORT_SPAN",
     "REPO_ROOT",
     "_http_answers",
+    "_pid_alive",
+    "_pid_cmdline",
     "_port_open",
     "build_stripe_mock",
     "checkout_pg_port",
