@@ -217,15 +217,21 @@ def test_the_user_and_conversation_of_every_request_exist_and_stay(
     assert strays == {"messages": 0, "holds": 0}
 
 
-def test_another_users_conversation_stays_refused(app_conn, make_user) -> None:
-    """The owner check moved into the price lookup; it still refuses, also without tokens."""
+def test_another_users_conversation_stays_refused(owner, app_conn, make_user) -> None:
+    """The owner check moved into the price lookup; it still refuses, also without tokens,
+    and the refused request does not move the owner's conversation (0041 writes it only
+    after the check, and only when it is not on top of its own user's list)."""
     owner_of_it, intruder, broke = make_user(balance=2), make_user(balance=2), make_user()
     conversation = begin(app_conn, owner_of_it, "mine")["conversation_id"]
+    begin(app_conn, owner_of_it, "newer")  # the owner's list: another one on top now
+    version = "select xmin::text as v, updated_at from tokenbill.conversations where id = %s"
+    before = owner.execute(version, [conversation]).fetchone()
     for user in (intruder, broke):
         with pytest.raises(psycopg.Error) as caught:
             begin(app_conn, user, "theirs", conversation_id=conversation)
         assert caught.value.sqlstate == "TB002"
     assert balance_of(app_conn, intruder) == 2
+    assert owner.execute(version, [conversation]).fetchone() == before
 
 
 # --------------------------------------------------------------------------------------------
