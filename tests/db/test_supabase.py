@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from tests.conftest import WEBHOOK_SECRET
 from tests.support import stripe_events as ev
 from tests.support.edge_functions import postgres_url, serve_function
 from webapp.ops import migrate
+from workshop.net import free_port
 from workshop.services import postgres as services
 
 OWNER = "supa_postgres"
@@ -105,12 +105,6 @@ class SupabaseLike:
         return {(r["object"], r["privilege"]) for r in rows}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _bindirs_by_major() -> dict[str, Path]:
     """One server build per PostgreSQL major available (Debian's 15, pgserver's 16): role
     rules changed in 16 (CREATEROLE), and Supabase runs 15 and 17 projects."""
@@ -132,7 +126,7 @@ def supabase(request: pytest.FixtureRequest) -> Iterator[SupabaseLike]:
     """The cluster, with every migration applied by the non-superuser owner."""
     base = Path(tempfile.mkdtemp(prefix="tokenbill-supabase-"))
     base.chmod(0o755)  # the cluster's OS user must be able to enter it
-    data_dir, port = base / "pg", _free_port()
+    data_dir, port = base / "pg", free_port()
     try:
         # services starts an existing cluster with binaries of its major: create it with ours
         user = services._ensure_service_user(data_dir)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,14 +31,9 @@ from tests.support import stripe_events as ev
 from tests.support.agents import bearer, create_key, ndjson
 from webapp.db import AUTH_EXTENSION_KEY, EXTENSION_KEY, Database
 from webapp.ops import db_logins
+from workshop.net import free_port
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def bouncer(database_url: str, logins: dict[str, str]) -> Iterator[dict[str, str
     login shares it, so leaked session state shows deterministically. Yields login -> URL."""
     server = conninfo_to_dict(database_url)
     folder = Path(tempfile.mkdtemp(prefix="tokenbill-pgbouncer-"))
-    port = _free_port()
+    port = free_port()
     (folder / "userlist.txt").write_text("".join(f'"{n}" ""\n' for n in logins.values()))
     (folder / "pgbouncer.ini").write_text(
         f"""[databases]
