@@ -20,6 +20,10 @@ Paths (the pgbench scripts are in workshop/pgbench/, one file each):
   account's conversation (the loader makes one per account, like the seed's session) — the
   like-for-like comparison with ``seed_agent``;
 - ``agent``: the same, starting a new conversation on every request;
+- ``agent_floor``: the four rows an agent request continuing a conversation must write
+  (balance, exchange with its hold, ledger 'reserve'; then the reply and the closed hold) as
+  two plain statements run as the owner: the floor under any function doing that request on
+  these tables, as ``one_statement`` is for a charge;
 - ``seed_agent``: the seed's whole agent request (its billing + one INSERT per message).
 
 Each runs on one hot account and spread over N accounts (1,000 by default). With
@@ -73,6 +77,7 @@ class BenchPath:
     label: str
     role: str | None = None  # acts as this role for the whole session, like the app's pool
     ledger: bool = True  # runs against the tokenbill schema (so also on a --before database)
+    since: str = "0001"  # the first migration whose schema it needs (a --before older skips it)
 
 
 PATHS = [
@@ -86,6 +91,8 @@ PATHS = [
     BenchPath("agent_continue", "agent request, existing conversation: begin + settle",
               APP_ROLE),
     BenchPath("agent", "agent request, new conversation: begin + settle", APP_ROLE),
+    BenchPath("agent_floor", "the four writes of an agent request, two plain statements",
+              since="0023"),
     BenchPath("seed_agent", "the seed's whole agent request (billing + 2 message inserts)",
               ledger=False),
 ]  # fmt: skip
@@ -99,6 +106,9 @@ GOALS = [
     # like for like: both write into an existing conversation / session
     ("agent_continue", "seed_agent", "agent request / seed's whole agent request", None, 1.5),
     ("agent", "seed_agent", "agent request, new conversation / seed's (no target)", None, None),
+    # where the agent request's distance to the seed goes: its writes, then the rest
+    ("agent_floor", "seed_agent", "the four writes alone / seed's (no target)", None, None),
+    ("agent_continue", "agent_floor", "agent request / its four writes (no target)", None, None),
 ]
 TABLE_HEADERS = ["path", "hot tps", "×raw", "spread tps", "×raw", "runs", "failed",
                  "hot µs cpu/tx", "spread µs cpu/tx"]  # fmt: skip
@@ -442,7 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             before_url = stack.enter_context(before_db)
             load(before_url, settings.accounts)
             urls.append(before_url)
-            targets += [(f"{p.label} (at {args.before})", before_url, p) for p in paths if p.ledger]
+            targets += [
+                (f"{p.label} (at {args.before})", before_url, p)
+                for p in paths
+                if p.ledger and args.before >= p.since
+            ]
         results = measure(targets, settings)
         audits = []
         for each in urls:

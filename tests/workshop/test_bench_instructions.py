@@ -25,7 +25,7 @@ from workshop.bench_pgbench import PATHS, SCRIPTS
 ROOT = Path(__file__).resolve().parents[2]
 
 STATEMENTS = {"raw": 1, "one_statement": 1, "seed": 2, "wrapped": 1, "consume": 1,
-              "agent_continue": 2, "agent": 2, "seed_agent": 4}  # fmt: skip
+              "agent_continue": 2, "agent": 2, "agent_floor": 2, "seed_agent": 4}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.key)
