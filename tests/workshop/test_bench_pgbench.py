@@ -6,12 +6,13 @@ the databases are dropped. Never asserts on speed.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import psycopg
 import pytest
 
 from workshop import bench_pgbench
-from workshop.bench_common import parse_tables
+from workshop.bench_common import bench_database, parse_tables
 
 
 def test_every_path_runs_clean_and_the_table_has_its_shape(
@@ -67,3 +68,47 @@ def test_a_path_that_never_ran_is_a_dash_in_the_table_not_a_crash() -> None:
     row = next(line for line in table.splitlines() if line.startswith(f"| {broken}"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == cells[3] == "-" and cells[6] == "2"
+
+
+# What one call of a path leaves in the tables it shares with the others: the rows it added or
+# changed (by table), the balance's move, and the shape of the exchange and ledger rows.
+_TRACE = """
+select (select 1000000000 - balance from tokenbill.users where id = %(user)s) as spent,
+       (select array_agg(kind::text || ' ' || delta order by id) from tokenbill.ledger
+         where user_id = %(user)s and kind <> 'admin_adjustment') as ledger,
+       (select array_agg(concat_ws(' ', hold_status, reserved, charged, reply_status,
+                                   reply <> '', prompt <> '', settled_at is not null))
+          from tokenbill.exchanges where user_id = %(user)s) as exchanges,
+       (select xmin::text from tokenbill.conversations where id = %(user)s) as conversation
+"""
+
+
+def test_the_floor_writes_what_an_agent_request_writes() -> None:
+    """agent_floor is the floor under agent_continue only while both leave the same rows: one
+    token moved, one 'reserve' ledger row, one exchange settled with its reply, the account's
+    conversation (on top of its list) left as it was. A change to what a request writes must
+    change the floor too, or the ratio between them stops meaning anything."""
+    admin_url = os.environ["DATABASE_ADMIN_URL"]
+    name = f"tokenbill_pgbench_floor_{os.getpid()}"
+    with bench_database(admin_url, name) as url:
+        bench_pgbench.load(url, 2)
+        traces = {}
+        for account, key in ((1, "agent_continue"), (2, "agent_floor")):
+            path = next(p for p in bench_pgbench.PATHS if p.key == key)
+            user = f"00000000-0000-4000-8000-{account:012d}"
+            with psycopg.connect(url) as conn:
+                before = conn.execute(_TRACE, {"user": user}).fetchone()
+            subprocess.run(
+                [bench_pgbench.pgbench_binary(), "-n", "-M", "prepared", "-t", "1",
+                 "-D", f"first={account}", "-D", f"last={account}",
+                 "-f", str(bench_pgbench.SCRIPTS / f"{key}.sql"), url],
+                env=bench_pgbench.pgbench_env(path), capture_output=True, check=True,
+            )  # fmt: skip
+            with psycopg.connect(url) as conn:
+                after = conn.execute(_TRACE, {"user": user}).fetchone()
+            assert before is not None and after is not None
+            assert before[0] == 0 and before[1] is None and before[2] is None
+            assert after[3] == before[3], f"{key} wrote the conversation"
+            traces[key] = after[:3]
+    assert traces["agent_continue"] == traces["agent_floor"]
+    assert traces["agent_floor"] == (1, ["reserve -1"], ["settled 1 1 done t t t"])
