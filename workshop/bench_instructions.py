@@ -46,8 +46,7 @@ from workshop.bench_pgbench import (
     SCRIPTS,
     BenchPath,
     load,
-    pgbench_binary,
-    pgbench_env,
+    run_transactions,
 )
 from workshop.net import free_port
 
@@ -137,11 +136,7 @@ def warm_up(url: str, paths: Sequence[BenchPath], accounts: int, calls: int) -> 
     """Run every path a while on the live server, then ANALYZE: the single-user backend has
     no autovacuum, and plans made on statistics of empty tables would scan them whole."""
     for path in paths:
-        subprocess.run(
-            [pgbench_binary(), "-n", "-M", "prepared", "-t", str(calls), "-D", "first=1",
-             "-D", f"last={accounts}", "-f", str(SCRIPTS / f"{path.key}.sql"), url],
-            env=pgbench_env(path), capture_output=True, check=True,
-        )  # fmt: skip
+        run_transactions(url, path, 1, accounts, calls)
     with connect_owner(url) as conn:
         conn.execute("vacuum (analyze)")
 

@@ -291,17 +291,32 @@ def pgbench_env(path: BenchPath) -> dict[str, str]:
     return env
 
 
-def run_pgbench(url: str, path: BenchPath, first: int, last: int, settings: Settings) -> Run:
-    """One pgbench run (tps, failed and processed transactions); an aborted run counts as
-    failed."""
-    env = pgbench_env(path)
-    command = [
-        pgbench_binary(), "-n", "-M", "prepared",
-        "-c", str(settings.clients), "-j", str(settings.threads), "-T", str(settings.seconds),
+def pgbench_command(url: str, path: BenchPath, first: int, last: int, *load: str) -> list[str]:
+    """pgbench running the path's script as prepared statements on accounts first..last;
+    ``load`` says how much (``-t N``, or clients, threads and seconds)."""
+    return [
+        pgbench_binary(), "-n", "-M", "prepared", *load,
         "-D", f"first={first}", "-D", f"last={last}",
         "-f", str(SCRIPTS / f"{path.key}.sql"),
         url,
     ]  # fmt: skip
+
+
+def run_transactions(url: str, path: BenchPath, first: int, last: int, transactions: int) -> None:
+    """``transactions`` calls of the path from one client, any failure raised (a warm-up, a
+    check of what one call writes)."""
+    command = pgbench_command(url, path, first, last, "-t", str(transactions))
+    subprocess.run(command, env=pgbench_env(path), capture_output=True, check=True)
+
+
+def run_pgbench(url: str, path: BenchPath, first: int, last: int, settings: Settings) -> Run:
+    """One pgbench run (tps, failed and processed transactions); an aborted run counts as
+    failed."""
+    command = pgbench_command(
+        url, path, first, last,
+        "-c", str(settings.clients), "-j", str(settings.threads), "-T", str(settings.seconds),
+    )  # fmt: skip
+    env = pgbench_env(path)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     out = done.stdout
     tps, failed = _TPS.search(out), _FAILED.search(out)

@@ -6,7 +6,6 @@ the databases are dropped. Never asserts on speed.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import psycopg
 import pytest
@@ -73,7 +72,7 @@ def test_a_path_that_never_ran_is_a_dash_in_the_table_not_a_crash() -> None:
 # What one call of a path leaves in the tables it shares with the others: the rows it added or
 # changed (by table), the balance's move, and the shape of the exchange and ledger rows.
 _TRACE = """
-select (select 1000000000 - balance from tokenbill.users where id = %(user)s) as spent,
+select (select %(fund)s - balance from tokenbill.users where id = %(user)s) as spent,
        (select array_agg(kind::text || ' ' || delta order by id) from tokenbill.ledger
          where user_id = %(user)s and kind <> 'admin_adjustment') as ledger,
        (select array_agg(concat_ws(' ', hold_status, reserved, charged, reply_status,
@@ -95,17 +94,12 @@ def test_the_floor_writes_what_an_agent_request_writes() -> None:
         traces = {}
         for account, key in ((1, "agent_continue"), (2, "agent_floor")):
             path = next(p for p in bench_pgbench.PATHS if p.key == key)
-            user = f"00000000-0000-4000-8000-{account:012d}"
+            params = {"user": f"00000000-0000-4000-8000-{account:012d}", "fund": bench_pgbench.FUND}
             with psycopg.connect(url) as conn:
-                before = conn.execute(_TRACE, {"user": user}).fetchone()
-            subprocess.run(
-                [bench_pgbench.pgbench_binary(), "-n", "-M", "prepared", "-t", "1",
-                 "-D", f"first={account}", "-D", f"last={account}",
-                 "-f", str(bench_pgbench.SCRIPTS / f"{key}.sql"), url],
-                env=bench_pgbench.pgbench_env(path), capture_output=True, check=True,
-            )  # fmt: skip
+                before = conn.execute(_TRACE, params).fetchone()
+            bench_pgbench.run_transactions(url, path, account, account, 1)
             with psycopg.connect(url) as conn:
-                after = conn.execute(_TRACE, {"user": user}).fetchone()
+                after = conn.execute(_TRACE, params).fetchone()
             assert before is not None and after is not None
             assert before[0] == 0 and before[1] is None and before[2] is None
             assert after[3] == before[3], f"{key} wrote the conversation"
